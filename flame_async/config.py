@@ -1,0 +1,203 @@
+"""Node configuration: read once from the environment, frozen afterwards.
+
+The FLAME pod orchestrator gives every analysis container exactly five variables
+(``ANALYSIS_ID``, ``PROJECT_ID``, ``DEPLOYMENT_NAME``, ``KEYCLOAK_TOKEN``, ``DATA_SOURCE_TOKEN``).
+Everything else has a default that matches the real platform and can be overridden with a
+``FLAME_*`` variable, which is how the local platform points nodes at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from yarl import URL
+
+from ._jwt import decode_claims
+from .errors import ConfigError
+
+__all__ = ["ENV_OVERRIDES", "REQUIRED_ENV", "FlameConfig", "RetryPolicy"]
+
+REQUIRED_ENV = (
+    "ANALYSIS_ID",
+    "PROJECT_ID",
+    "DEPLOYMENT_NAME",
+    "KEYCLOAK_TOKEN",
+    "DATA_SOURCE_TOKEN",
+)
+"""The variables the FLAME platform injects into every analysis container."""
+
+ENV_OVERRIDES = {
+    "FLAME_BASE_URL": "base URL of the node gateway (default http://nginx-{DEPLOYMENT_NAME})",
+    "FLAME_API_HOST": "address the node API binds (default 0.0.0.0)",
+    "FLAME_API_PORT": "port the node API binds (default 8000)",
+    "FLAME_WEBHOOK_URL": "URL the broker posts messages to (default {base}/analysis/webhook)",
+    "FLAME_PARTNER_STATUS_GRACE": "seconds after start-up during which /partner_status is ignored"
+    " (default 100)",
+    "FLAME_STARTUP_TIMEOUT": "seconds to wait for the gateway at start-up (default 60)",
+}
+"""Optional variables and what they override."""
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+class RetryPolicy(BaseModel):
+    """When and how often a failed request is tried again.
+
+    Delays grow exponentially from ``initial`` by ``multiplier`` up to ``maximum``, each scaled by
+    a random factor in ``[1 - jitter, 1]``. Retrying stops after ``attempts`` tries in all or once
+    ``deadline`` seconds have passed since the first try, whichever comes first. ``instant``
+    keeps the count but removes the sleeping (for tests).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = Field(default=6, ge=1)
+    initial: float = Field(default=0.05, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    maximum: float = Field(default=2.0, ge=0)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+    deadline: float = Field(default=30.0, gt=0)
+    instant: bool = False
+
+    def delays(self) -> Iterator[float]:
+        """Yield the sleep before each retry (``attempts - 1`` values)."""
+        delay = self.initial
+        for _ in range(self.attempts - 1):
+            if self.instant:
+                yield 0.0
+            else:
+                yield min(delay, self.maximum) * (1 - self.jitter * random.random())  # noqa: S311
+            delay *= self.multiplier
+
+
+class FlameConfig(BaseModel):
+    """Everything a node needs to know about itself; frozen once built.
+
+    Build it with :meth:`from_env` (the normal path) or directly in tests. Tokens are
+    :class:`~pydantic.SecretStr` and never appear in ``repr`` or logs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    analysis_id: str
+    project_id: str
+    deployment_name: str
+    keycloak_token: SecretStr
+    data_source_token: SecretStr
+    base_url: str = ""
+    api_host: str = "0.0.0.0"  # noqa: S104 - the platform's nginx must reach the API
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    webhook_url: str = ""
+    partner_status_grace: float = Field(default=100.0, ge=0)
+    startup_timeout: float = Field(default=60.0, gt=0)
+    request_timeout: float = Field(default=30.0, gt=0)
+    max_api_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    retry: RetryPolicy = RetryPolicy()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Fill the URLs derived from the deployment name."""
+        if not self.base_url:
+            object.__setattr__(self, "base_url", f"http://nginx-{self.deployment_name}")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if not self.webhook_url:
+            object.__setattr__(self, "webhook_url", f"{self.base_url}/analysis/webhook")
+
+    @property
+    def base(self) -> URL:
+        """The gateway base URL as a :class:`yarl.URL`."""
+        return URL(self.base_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Self:  # noqa: PLR0912 - one check per variable, read top to bottom
+        """Read the node configuration from ``environ`` (normally ``os.environ``).
+
+        Args:
+            environ: The environment to read; nothing else is consulted.
+            **overrides: Field values that win over the environment (for example
+                ``retry=RetryPolicy(instant=True)`` in tests).
+
+        Raises:
+            ConfigError: One or more variables are missing or malformed; the error lists every
+                problem, not just the first.
+        """
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+
+        def required(name: str) -> str:
+            value = environ.get(name, "").strip()
+            if not value:
+                problems.append(f"{name} is not set (the FLAME platform sets it for every node)")
+            return value
+
+        for name, field in (("ANALYSIS_ID", "analysis_id"), ("PROJECT_ID", "project_id")):
+            value = required(name)
+            if value and not _ID.fullmatch(value):
+                problems.append(f"{name}={value!r} may contain only letters, digits, '.', '_', '-'")
+            values[field] = value
+        deployment = required("DEPLOYMENT_NAME")
+        if deployment and not _HOSTNAME.fullmatch(deployment):
+            problems.append(
+                f"DEPLOYMENT_NAME={deployment!r} is not a valid host name label "
+                "(letters, digits and '-', at most 63 characters)"
+            )
+        values["deployment_name"] = deployment
+        token = required("KEYCLOAK_TOKEN")
+        if token:
+            try:
+                decode_claims(token)
+            except ValueError as exc:
+                problems.append(f"KEYCLOAK_TOKEN is not a JWT: {exc}")
+        values["keycloak_token"] = SecretStr(token)
+        values["data_source_token"] = SecretStr(required("DATA_SOURCE_TOKEN"))
+
+        for name, field in (("FLAME_BASE_URL", "base_url"), ("FLAME_WEBHOOK_URL", "webhook_url")):
+            if raw := environ.get(name, "").strip():
+                url = URL(raw)
+                if url.scheme not in ("http", "https") or not url.host:
+                    problems.append(f"{name}={raw!r} is not an absolute http(s) URL")
+                values[field] = raw
+        if raw := environ.get("FLAME_API_HOST", "").strip():
+            values["api_host"] = raw
+        if raw := environ.get("FLAME_API_PORT", "").strip():
+            if raw.isdigit() and int(raw) <= 65535:
+                values["api_port"] = int(raw)
+            else:
+                problems.append(f"FLAME_API_PORT={raw!r} is not a port number (0-65535)")
+        for name, field in (
+            ("FLAME_PARTNER_STATUS_GRACE", "partner_status_grace"),
+            ("FLAME_STARTUP_TIMEOUT", "startup_timeout"),
+        ):
+            if raw := environ.get(name, "").strip():
+                try:
+                    number = float(raw)
+                except ValueError:
+                    number = -1.0
+                if not number >= 0:
+                    problems.append(f"{name}={raw!r} is not a non-negative number of seconds")
+                else:
+                    values[field] = number
+        if problems:
+            raise ConfigError(problems)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce this configuration with :meth:`from_env`."""
+        return {
+            "ANALYSIS_ID": self.analysis_id,
+            "PROJECT_ID": self.project_id,
+            "DEPLOYMENT_NAME": self.deployment_name,
+            "KEYCLOAK_TOKEN": self.keycloak_token.get_secret_value(),
+            "DATA_SOURCE_TOKEN": self.data_source_token.get_secret_value(),
+            "FLAME_BASE_URL": self.base_url,
+            "FLAME_API_HOST": self.api_host,
+            "FLAME_API_PORT": str(self.api_port),
+            "FLAME_WEBHOOK_URL": self.webhook_url,
+            "FLAME_PARTNER_STATUS_GRACE": repr(self.partner_status_grace),
+            "FLAME_STARTUP_TIMEOUT": repr(self.startup_timeout),
+        }

@@ -1,0 +1,209 @@
+"""The exceptions flame-async raises.
+
+Every error the SDK raises on purpose derives from :class:`FlameError`. Where the meaning matches a
+standard exception, the error also derives from it, so ``except TimeoutError`` or
+``except ValueError`` keep working in code that does not know about flame-async.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AuthenticationError",
+    "CodecError",
+    "ConfigError",
+    "DataSourceError",
+    "FlameError",
+    "InvalidArgument",
+    "MessageTimeout",
+    "MissingExtra",
+    "NotAggregatorError",
+    "NotFoundError",
+    "PeerFailed",
+    "PickleNotAllowed",
+    "RemoteError",
+    "RequestTimeout",
+    "SDKStateError",
+    "ServiceError",
+    "ServiceUnavailable",
+    "StartupError",
+    "TransportError",
+    "UnknownNodeError",
+]
+
+
+class FlameError(Exception):
+    """Root of every error raised by flame-async."""
+
+
+class ConfigError(FlameError, ValueError):
+    """The node configuration (environment variables or overrides) is missing or malformed.
+
+    Attributes:
+        problems: One human-readable line per problem found; all problems are reported at once.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid FLAME node configuration:\n{lines}")
+
+
+class InvalidArgument(FlameError, ValueError):
+    """A caller passed a value the SDK cannot use; raised before any I/O."""
+
+
+class UnknownNodeError(InvalidArgument):
+    """A receiver or sender is not a participant of the analysis (or is this node itself).
+
+    Attributes:
+        node_ids: The offending node ids.
+    """
+
+    def __init__(self, node_ids: Iterable[str], reason: str) -> None:
+        self.node_ids: tuple[str, ...] = tuple(node_ids)
+        super().__init__(f"{reason}: {', '.join(self.node_ids)}")
+
+
+class SDKStateError(FlameError, RuntimeError):
+    """The SDK was used outside ``async with FlameSDK()`` or after it closed."""
+
+
+class NotAggregatorError(FlameError, PermissionError):
+    """An aggregator-only operation was called on a node whose role is not ``aggregator``."""
+
+
+class StartupError(FlameError, ConnectionError):
+    """The node could not start: the gateway or a node service never became reachable."""
+
+
+class TransportError(FlameError):
+    """An HTTP exchange with a node service failed.
+
+    Attributes:
+        service: Which node service was called (``broker``, ``storage``, ``po``, ``hub-adapter``,
+            ``data``, ``gateway``).
+        method: The HTTP method.
+        url: The URL that was requested.
+    """
+
+    def __init__(self, message: str, *, service: str, method: str, url: str) -> None:
+        self.service = service
+        self.method = method
+        self.url = url
+        super().__init__(message)
+
+
+class ServiceUnavailable(TransportError, ConnectionError):
+    """The service could not be reached (connection refused or reset, DNS failure)."""
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """The service did not answer within the request timeout."""
+
+
+class ServiceError(TransportError):
+    """The service answered with an HTTP error status.
+
+    Attributes:
+        status: The HTTP status code.
+        detail: The error text the service sent (its ``detail`` field when it sent JSON).
+    """
+
+    def __init__(
+        self, *, service: str, method: str, url: str, status: int, detail: str = ""
+    ) -> None:
+        self.status = status
+        self.detail = detail
+        text = f"{service} answered {status} to {method} {url}"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text, service=service, method=method, url=url)
+
+
+class NotFoundError(ServiceError, LookupError):
+    """The service answered 404: the object, node or route does not exist (any more)."""
+
+
+class AuthenticationError(ServiceError, PermissionError):
+    """The service answered 401 or 403: the token is missing, expired or not allowed."""
+
+
+class MessageTimeout(FlameError, TimeoutError):
+    """A wait for messages ended before every expected sender answered.
+
+    Attributes:
+        waiting_for: Node ids that did not answer in time.
+        category: The category that was awaited, if any.
+    """
+
+    def __init__(self, waiting_for: Iterable[str], *, category: str | None, timeout: float) -> None:
+        self.waiting_for: tuple[str, ...] = tuple(waiting_for)
+        self.category = category
+        self.timeout = timeout
+        what = f"category {category!r}" if category else "any category"
+        who = ", ".join(self.waiting_for) or "any sender"
+        super().__init__(f"no message ({what}) from {who} within {timeout:g} s")
+
+
+class PeerFailed(FlameError):
+    """A peer this node was waiting on has ended (failed, stopped or finished) and will not answer.
+
+    Attributes:
+        node_id: The peer, or ``None`` when the platform reported an unidentified partner.
+        status: The status the peer reported (``failed``, ``stopped``, ``executed``).
+        reason: What the peer said about why, when it said anything.
+    """
+
+    def __init__(self, node_id: str | None, status: str, reason: str = "") -> None:
+        self.node_id = node_id
+        self.status = status
+        self.reason = reason
+        who = f"node {node_id}" if node_id else "a partner node"
+        text = f"{who} reported status {status!r} and will not answer"
+        if reason:
+            text += f": {reason}"
+        super().__init__(text)
+
+
+class CodecError(FlameError, ValueError):
+    """A value cannot be encoded safely, or a payload cannot be decoded."""
+
+
+class PickleNotAllowed(CodecError):
+    """A pickled payload arrived, or pickling was needed, without the caller's explicit opt-in."""
+
+
+class MissingExtra(FlameError, ImportError):
+    """An optional dependency is needed for this value type but is not installed.
+
+    Attributes:
+        extra: The flame-async extra that installs it.
+    """
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is needed for this but is not installed; "
+            f"run: pip install 'flame-async[{extra}]'"
+        )
+
+
+class DataSourceError(FlameError):
+    """A data source is unknown, or reading from it failed."""
+
+
+class RemoteError(FlameError):
+    """A peer's message handler raised while answering this node's request.
+
+    Attributes:
+        node_id: The peer whose handler failed.
+        error: The error text the peer sent back.
+    """
+
+    def __init__(self, node_id: str, error: str) -> None:
+        self.node_id = node_id
+        self.error = error
+        super().__init__(f"the handler on node {node_id} failed: {error}")

@@ -1,0 +1,171 @@
+"""Typed models: the public value types and the wire shapes of the FLAME node services."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+__all__ = [
+    "Category",
+    "Message",
+    "NodeRole",
+    "NodeStatus",
+    "Participant",
+    "RunStatus",
+    "SendReport",
+    "StreamInfo",
+    "WireMeta",
+]
+
+
+class NodeRole(StrEnum):
+    """The role the Hub gave a node in this analysis."""
+
+    DEFAULT = "default"
+    AGGREGATOR = "aggregator"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> NodeRole:
+        """Map the broker's ``nodeType`` to a role; anything unexpected is ``UNKNOWN``."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class RunStatus(StrEnum):
+    """The run status a node reports on ``/healthz`` and with every shipped log."""
+
+    STARTING = "starting"
+    STARTED = "started"
+    EXECUTING = "executing"
+    EXECUTED = "executed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    STUCK = "stuck"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``executed``, ``stopped`` and ``failed``: the run is over."""
+        return self in (RunStatus.EXECUTED, RunStatus.STOPPED, RunStatus.FAILED)
+
+
+class NodeStatus(StrEnum):
+    """Answer of :meth:`FlameSDK.ask_status_nodes` for one peer."""
+
+    ONLINE = "online"
+    """The peer acknowledged a ping within the timeout."""
+    OFFLINE = "offline"
+    """The peer was heard from earlier in this run but did not answer now."""
+    NOT_CONNECTED = "not_connected"
+    """The peer has never been heard from in this run and did not answer."""
+
+
+class Category(StrEnum):
+    """Message categories with a meaning to the runtime; any other string is user-defined."""
+
+    READY_CHECK = "ready_check"
+    ANALYSIS_FINISHED = "analysis_finished"
+    INTERMEDIATE_DATA = "intermediate_data"
+    NODE_STATUS = "flame_async.node_status"
+    """Sent by flame-async when a node ends with failure, so its peers stop waiting at once."""
+
+
+class Participant(BaseModel):
+    """Another node of the analysis."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node_id: str
+    role: NodeRole
+
+
+class StreamInfo(BaseModel):
+    """flame-async's ordering extension inside ``meta`` (ignored by flamesdk).
+
+    ``seq`` numbers the messages of one sender to each receiver from 1; ``floor`` tells each
+    receiver that every lower number has been settled by the sender (acknowledged or given up),
+    so a gap below it will never be filled. ``epoch`` changes when the sender restarts.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: StrictStr
+    seq: dict[str, StrictInt]
+    floor: dict[str, StrictInt] = Field(default_factory=dict)
+
+
+class WireMeta(BaseModel):
+    """The ``meta`` object of a flamesdk 0.6 message (PROTOCOL §2.7), plus optional extensions.
+
+    Unknown fields are kept so that a message can be acknowledged verbatim.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    id: StrictStr = Field(min_length=1)
+    sender: StrictStr = Field(min_length=1)
+    category: StrictStr
+    akn_id: StrictStr | None = None
+    type: StrictStr = "outgoing"
+    status: StrictStr = "unread"
+    created_at: StrictStr | None = None
+    arrived_at: StrictStr | None = None
+    number: StrictInt = 0
+    stream: StreamInfo | None = None
+    reply_to: StrictStr | None = None
+    error: StrictStr | None = None
+
+
+class Message(BaseModel):
+    """A message handed to the analysis.
+
+    Attributes:
+        id: The sender's message id (unique per sender).
+        sender: Node id of the sender.
+        category: The category the sender chose.
+        data: The payload: the JSON object the sender sent, without the reserved ``meta`` key.
+        message_number: The sender's running message counter.
+        time: When the sender created the message (timezone-aware).
+        arrived_at: When this node received it (timezone-aware).
+        reply_to: Id of the message this one answers, for replies.
+        error: Set on a reply whose handler raised; the text of that error.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    sender: str
+    category: str
+    data: dict[str, Any]
+    message_number: int
+    time: datetime
+    arrived_at: datetime
+    reply_to: str | None = None
+    error: str | None = None
+
+
+class SendReport(BaseModel):
+    """Outcome of an acknowledged send.
+
+    Attributes:
+        message_id: Id of the message that was sent.
+        acked: Receivers that acknowledged it.
+        missing: Receivers that did not acknowledge it before the deadline.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    acked: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every receiver acknowledged."""
+        return not self.missing

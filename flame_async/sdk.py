@@ -1,0 +1,478 @@
+"""``FlameSDK``: the one object an analysis enters.
+
+It owns the HTTP session, the node API server and one task group; the services (messaging,
+status, results, data) borrow them. Start-up and shutdown read top to bottom in
+:meth:`FlameSDK.__aenter__` and :meth:`FlameSDK.__aexit__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import anyio
+from anyio.abc import TaskGroup
+
+from ._jwt import TokenStore
+from ._transport import Transport, retry_call
+from .api import NodeApi
+from .broker import BrokerService, Handler, Receivers
+from .config import FlameConfig
+from .errors import SDKStateError, StartupError, TransportError
+from .models import Message, NodeRole, NodeStatus, Participant, RunStatus, SendReport
+from .status import PoLogHandler, Progress, StatusService
+
+__all__ = ["FlameSDK"]
+
+log = logging.getLogger("flame_async.sdk")
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+class FlameSDK:
+    """The analysis runtime of one FLAME node.
+
+    Use it as ``async with FlameSDK() as flame:``. Entering waits for the node gateway, starts the
+    node API, subscribes the webhook, looks up the participants and sets the run status to
+    ``executing``. Leaving normally sets ``executed``; leaving by an exception sets ``failed``,
+    ships the traceback to the PO log and tells the peers; leaving by cancellation sets
+    ``stopped``. Nothing started by the SDK outlives the block.
+
+    Args:
+        config: The node configuration; read from ``os.environ`` when omitted.
+        status_sync: Partner statuses this node adopts from ``/partner_status`` (PROTOCOL §5.5).
+        ship_logs: Ship :attr:`logger` records (and status/progress) to the PO.
+        log_level: Lowest level shipped to the PO.
+        resend_initial: Seconds before an unacknowledged message is first sent again.
+        shutdown_timeout: Longest time the shutdown steps (status, log flush, unsubscribe) take.
+
+    Raises:
+        ConfigError: (on enter) The environment is missing variables or has malformed ones.
+        StartupError: (on enter) The gateway never answered, or the API port cannot be bound.
+        TransportError: (on enter) The broker refused the subscription or participant lookup.
+    """
+
+    def __init__(
+        self,
+        config: FlameConfig | None = None,
+        *,
+        status_sync: tuple[str, ...] = ("executed", "stopped", "failed"),
+        ship_logs: bool = True,
+        log_level: int = logging.INFO,
+        resend_initial: float = 1.0,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self._config_arg = config
+        self._status_sync = status_sync
+        self._ship_logs = ship_logs
+        self._log_level = log_level
+        self._resend_initial = resend_initial
+        self._shutdown_timeout = shutdown_timeout
+        self._state = _NEW
+        self._stack: AsyncExitStack | None = None
+        self._config: FlameConfig | None = config
+        self._tokens: TokenStore | None = None
+        self._transport: Transport | None = None
+        self._broker: BrokerService | None = None
+        self._api: NodeApi | None = None
+        self._tg: TaskGroup | None = None
+        self.status = StatusService(status_sync=status_sync)
+        self.log_handler = PoLogHandler(self.status, level=log_level)
+        self.logger = logging.getLogger("flame_async.analysis")
+        """Logger whose records are shipped to the PO (its name gains the node id on enter)."""
+
+    def __repr__(self) -> str:
+        node = self._broker.node_id if self._broker else "?"
+        return f"<FlameSDK node={node!r} state={self._state} status={self.status.status.value}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._state != _NEW:
+            raise SDKStateError("a FlameSDK can be entered once; create a new one")
+        self._state = _OPEN
+        config = self._config = self._config_arg or FlameConfig.from_env(os.environ)
+        stack = AsyncExitStack()
+        try:
+            tokens = self._tokens = TokenStore(config.keycloak_token)
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                    trust_env=not os.environ.get("FLAME_BASE_URL"),
+                )
+            )
+            transport = self._transport = Transport(
+                session, config.base, tokens, retry=config.retry, timeout=config.request_timeout
+            )
+            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            self.status.analysis_id = config.analysis_id
+            self.status.grace = config.partner_status_grace
+            if self._ship_logs:
+                await tg.start(self.status.run_shipper, transport)
+            await self._wait_for_gateway(transport, config)
+            broker = self._broker = BrokerService(
+                transport,
+                analysis_id=config.analysis_id,
+                task_group=tg,
+                resend_initial=self._resend_initial,
+            )
+            api = self._api = NodeApi(
+                tokens=tokens,
+                status=self.status,
+                on_webhook=broker.on_webhook,
+                on_partner_status=self._on_partner_status,
+                max_body=config.max_api_body_bytes,
+            )
+            await tg.start(api.serve, config.api_host, config.api_port)
+            self.status.started(time.monotonic())
+            await broker.subscribe(config.webhook_url)
+            await broker.discover()
+            self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
+            if self._ship_logs:
+                self.logger.addHandler(self.log_handler)
+                stack.callback(self.logger.removeHandler, self.log_handler)
+            self.status.set_status(RunStatus.EXECUTING)
+        except BaseException:
+            self._state = _CLOSED
+            with anyio.CancelScope(shield=True):
+                await self._unsubscribe()
+                await stack.aclose()
+            raise
+        self._stack = stack
+        log.debug(
+            "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != _OPEN or self._stack is None:
+            return
+        self._state = _CLOSED
+        stack, self._stack = self._stack, None
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._shutdown_timeout):
+                await self._finish(exc_type, exc)
+            await stack.aclose()
+
+    async def _finish(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None
+    ) -> None:
+        if exc is None:
+            self.status.set_status(RunStatus.EXECUTED, force=True)
+        elif isinstance(exc, anyio.get_cancelled_exc_class()) or exc_type is KeyboardInterrupt:
+            self.status.set_status(RunStatus.STOPPED, cause="cancelled", force=True)
+        else:
+            text = "".join(traceback.format_exception(exc))
+            self.status.enqueue(f"analysis failed:\n{text}", "error")
+            self.status.set_status(
+                RunStatus.FAILED, cause=f"{type(exc).__name__}: {exc}", force=True
+            )
+            if self._broker is not None:
+                await self._broker.broadcast_status(
+                    "failed",
+                    f"{type(exc).__name__}: {exc}",
+                    timeout=min(3.0, self._shutdown_timeout / 3),
+                )
+        if self._transport is not None and self._ship_logs:
+            await self.status.flush(self._transport)
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        if self._broker is None:
+            return
+        try:
+            with anyio.move_on_after(5):
+                await self._broker.unsubscribe()
+        except TransportError as exc:
+            log.debug("could not delete the webhook subscription: %s", exc)
+
+    async def _wait_for_gateway(self, transport: Transport, config: FlameConfig) -> None:
+        policy = config.retry.model_copy(
+            update={"attempts": 10_000, "deadline": config.startup_timeout, "maximum": 1.0}
+        )
+        try:
+            await retry_call(
+                policy,
+                lambda: transport.request(
+                    "GET",
+                    "/healthz",
+                    service="gateway",
+                    auth=False,
+                    retry=False,
+                    timeout=min(5.0, config.startup_timeout),
+                ),
+                retryable=lambda e: isinstance(e, TransportError),
+                what="waiting for the gateway",
+            )
+        except TransportError as exc:
+            raise StartupError(
+                f"the node gateway at {config.base_url} did not answer /healthz within "
+                f"{config.startup_timeout:g} s (last error: {exc}); check FLAME_BASE_URL or "
+                "DEPLOYMENT_NAME"
+            ) from exc
+
+    def _on_partner_status(self, statuses: Mapping[str, str | None]) -> None:
+        broker = self._broker
+        if broker is None:
+            return
+        for node, status in statuses.items():
+            if status in ("failed", "stopped"):
+                broker.close_peer(node, status, "reported by the platform")
+        own = self.status.status
+        if own in (RunStatus.FAILED, RunStatus.STOPPED):
+            broker.close_all(own.value, "a partner node ended and this node adopted its status")
+
+    def _require(self) -> BrokerService:
+        if self._state != _OPEN or self._broker is None:
+            if self._state == _NEW:
+                raise SDKStateError("use the SDK inside 'async with FlameSDK() as flame:'")
+            raise SDKStateError("this FlameSDK is closed; its 'async with' block has ended")
+        return self._broker
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def config(self) -> FlameConfig:
+        """The node configuration.
+
+        Raises:
+            SDKStateError: Before entering when no config was passed.
+        """
+        if self._config is None:
+            raise SDKStateError("the configuration is read on enter; use 'async with FlameSDK()'")
+        return self._config
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (from the broker)."""
+        return self._require().node_id
+
+    @property
+    def role(self) -> NodeRole:
+        """This node's role: ``default`` or ``aggregator`` (``unknown`` if the Hub says so)."""
+        return self._require().role
+
+    def get_role(self) -> NodeRole:
+        """This node's role (flamesdk name)."""
+        return self.role
+
+    @property
+    def is_aggregator(self) -> bool:
+        """True on the aggregator node."""
+        return self.role is NodeRole.AGGREGATOR
+
+    @property
+    def analysis_id(self) -> str:
+        """The analysis id."""
+        return self.config.analysis_id
+
+    @property
+    def project_id(self) -> str:
+        """The project id."""
+        return self.config.project_id
+
+    @property
+    def api_port(self) -> int | None:
+        """The port the node API listens on (useful when configured as 0)."""
+        return self._api.port if self._api else None
+
+    @property
+    def rejected_requests(self) -> Mapping[str, int]:
+        """Malformed requests the node API refused, counted by reason."""
+        return dict(self._api.rejected) if self._api else {}
+
+    def get_participants(self) -> list[Participant]:
+        """The other nodes of the analysis (this node excluded), sorted by id."""
+        return self._require().participants
+
+    get_list_of_participants = get_participants
+
+    def get_participant_ids(self) -> list[str]:
+        """Ids of the other nodes."""
+        return [p.node_id for p in self.get_participants()]
+
+    def get_aggregator_id(self) -> str | None:
+        """Id of the aggregator node, or this node's id when it is the aggregator."""
+        if self.is_aggregator:
+            return self.node_id
+        return next(
+            (p.node_id for p in self.get_participants() if p.role is NodeRole.AGGREGATOR), None
+        )
+
+    # ------------------------------------------------------------ messaging
+
+    async def send_message(
+        self,
+        receivers: Receivers,
+        data: Mapping[str, Any] | None = None,
+        *,
+        category: str,
+        timeout: float = 60.0,
+    ) -> SendReport:
+        """Send ``data`` (a JSON object) and wait for acknowledgements.
+
+        See :meth:`BrokerService.send_message` for resends, errors and cancellation.
+        """
+        return await self._require().send_message(
+            receivers, data, category=category, timeout=timeout
+        )
+
+    async def await_message(
+        self,
+        sender: Receivers | None = None,
+        *,
+        category: str | None = None,
+        timeout: float = 60.0,
+    ) -> Message:
+        """Wait for the next message from ``sender`` (any peer if None).
+
+        Raises:
+            MessageTimeout: Nothing arrived within ``timeout``.
+            PeerFailed: The sender ended without sending more.
+
+        Cancellation:
+            Nothing is lost: the message stays queued for the next wait.
+        """
+        return await self._require().await_message(sender, category=category, timeout=timeout)
+
+    async def await_messages(
+        self,
+        senders: Receivers | None = None,
+        *,
+        category: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Message | None]:
+        """One message from each of ``senders`` (all peers if None); None where none came.
+
+        Raises:
+            PeerFailed: A sender failed or stopped before answering.
+
+        Cancellation:
+            Messages taken so far are put back; nothing is lost.
+        """
+        return await self._require().await_messages(senders, category=category, timeout=timeout)
+
+    async def send_message_and_wait_for_response(
+        self,
+        receiver: str | Participant,
+        data: Mapping[str, Any] | None = None,
+        *,
+        category: str,
+        timeout: float = 60.0,
+    ) -> Message:
+        """Send to one node and wait for its reply (a handler's return value, or any message of
+        ``category`` from a flamesdk node).
+
+        Raises:
+            MessageTimeout: No acknowledgement or reply within ``timeout``.
+            RemoteError: The peer's handler raised.
+            PeerFailed: The peer ended without replying.
+        """
+        return await self._require().request(receiver, data, category=category, timeout=timeout)
+
+    async def send_message_and_wait_for_responses(
+        self,
+        receivers: Receivers | None = None,
+        data: Mapping[str, Any] | None = None,
+        *,
+        category: str,
+        timeout: float = 60.0,
+    ) -> dict[str, Message | None]:
+        """Send to several nodes (all peers if None) and collect one reply each (None if none)."""
+        return await self._require().request_all(
+            receivers, data, category=category, timeout=timeout
+        )
+
+    def messages(
+        self,
+        senders: Receivers | None = None,
+        *,
+        category: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[Message]:
+        """Iterate over messages as they arrive; ends after ``idle_timeout`` s without one."""
+        return self._require().messages(senders, category=category, idle_timeout=idle_timeout)
+
+    def get_list_of_messages(
+        self, senders: Receivers | None = None, *, category: str | None = None
+    ) -> list[Message]:
+        """Messages received but not yet handed over, oldest first (nothing is removed)."""
+        return self._require().queued(senders, category=category)
+
+    def handler(self, category: str) -> Callable[[Handler], Handler]:
+        """Decorator: run the function for each request of ``category`` and send its return
+        value (a dict) back as the reply; ``None`` sends no reply, an exception sends the error.
+
+        Raises:
+            InvalidArgument: The category is reserved or already handled.
+        """
+        broker = self._require()
+
+        def register(func: Handler) -> Handler:
+            broker.add_handler(category, func)
+            return func
+
+        return register
+
+    async def ask_status_nodes(self, timeout: float = 5.0) -> dict[str, NodeStatus]:
+        """Ping every peer: ``{node_id: online | offline | not_connected}``."""
+        return await self._require().ask_status_nodes(timeout)
+
+    async def ready_check(
+        self, nodes: Receivers | None = None, *, timeout: float = 60.0
+    ) -> dict[str, bool]:
+        """Wait until the peers answer, or ``timeout``: ``{node_id: answered}``."""
+        return await self._require().ready_check(nodes, timeout=timeout)
+
+    async def analysis_finished(self, *, timeout: float = 30.0) -> bool:
+        """Tell every peer the analysis is finished and mark this node ``executed``.
+
+        Returns:
+            True when every peer acknowledged.
+        """
+        broker = self._require()
+        report = (
+            await broker.send_message(
+                [p.node_id for p in broker.participants],
+                {},
+                category="analysis_finished",
+                timeout=timeout,
+            )
+            if broker.participants
+            else None
+        )
+        self.status.progress.update(1.0)
+        self.status.set_status(RunStatus.EXECUTED, cause="analysis_finished()")
+        return report is None or report.ok
+
+    # --------------------------------------------------------------- status
+
+    @property
+    def progress(self) -> Progress:
+        """Overall progress (0-1) with :meth:`Progress.phase` sub-ranges."""
+        return self.status.progress
+
+    def set_progress(self, percent: float) -> None:
+        """flamesdk-style progress in percent (0-100); never goes backwards."""
+        self.status.set_percent(percent)
+
+    def get_progress(self) -> int:
+        """Progress in whole percent."""
+        return self.status.progress.percent
+
+    def flame_log(self, msg: str, *, level: int = logging.INFO) -> None:
+        """Log ``msg`` to :attr:`logger` (shipped to the PO)."""
+        self.logger.log(level, msg)
