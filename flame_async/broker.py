@@ -90,6 +90,8 @@ class BrokerService:
         self._closed: dict[str, PeerFailed] = {}
         self._closed_all: PeerFailed | None = None
         self.subscription_id: str | None = None
+        self.finished = anyio.Event()
+        """Set when a peer announced ``analysis_finished``."""
         self.node_id = ""
         self.role = NodeRole.UNKNOWN
         self.messages_in = 0
@@ -218,6 +220,7 @@ class BrokerService:
         if category in _RESERVED_SILENT:
             return
         if category == Category.ANALYSIS_FINISHED:
+            self.finished.set()
             self.close_peer(message.sender, "executed", "it called analysis_finished()")
             return
         if category == Category.NODE_STATUS:

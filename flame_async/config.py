@@ -8,9 +8,12 @@ Everything else has a default that matches the real platform and can be overridd
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -19,7 +22,14 @@ from yarl import URL
 from ._jwt import decode_claims
 from .errors import ConfigError
 
-__all__ = ["ENV_OVERRIDES", "REQUIRED_ENV", "FlameConfig", "RetryPolicy"]
+__all__ = [
+    "ENV_OVERRIDES",
+    "REQUIRED_ENV",
+    "FlameConfig",
+    "RetryPolicy",
+    "node_environ",
+    "use_environ",
+]
 
 REQUIRED_ENV = (
     "ANALYSIS_ID",
@@ -40,6 +50,29 @@ ENV_OVERRIDES = {
     "FLAME_STARTUP_TIMEOUT": "seconds to wait for the gateway at start-up (default 60)",
 }
 """Optional variables and what they override."""
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("flame_async_environ", default=None)
+
+
+def node_environ() -> Mapping[str, str]:
+    """The environment a ``FlameSDK()`` without a config reads: the one set by
+    :func:`use_environ` for the current task, else ``os.environ``.
+    """
+    return _ENVIRON.get() or os.environ
+
+
+@contextmanager
+def use_environ(environ: Mapping[str, str]) -> Iterator[None]:
+    """Make ``environ`` the node environment of the current task (and tasks it starts).
+
+    This is how several nodes run in one process: each node's task sees its own variables.
+    """
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -106,6 +139,11 @@ class FlameConfig(BaseModel):
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if not self.webhook_url:
             object.__setattr__(self, "webhook_url", f"{self.base_url}/analysis/webhook")
+
+    @property
+    def uses_platform_gateway(self) -> bool:
+        """True when the base URL is the real platform's ``http://nginx-{DEPLOYMENT_NAME}``."""
+        return self.base_url == f"http://nginx-{self.deployment_name}"
 
     @property
     def base(self) -> URL:

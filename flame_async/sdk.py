@@ -8,7 +8,6 @@ status, results, data) borrow them. Start-up and shutdown read top to bottom in
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,8 +23,8 @@ from ._jwt import TokenStore
 from ._transport import Transport, retry_call
 from .api import NodeApi
 from .broker import BrokerService, Handler, Receivers
-from .config import FlameConfig
-from .errors import SDKStateError, StartupError, TransportError
+from .config import FlameConfig, node_environ
+from .errors import MessageTimeout, SDKStateError, StartupError, TransportError
 from .models import Message, NodeRole, NodeStatus, Participant, RunStatus, SendReport
 from .status import PoLogHandler, Progress, StatusService
 
@@ -98,59 +97,63 @@ class FlameSDK:
         if self._state != _NEW:
             raise SDKStateError("a FlameSDK can be entered once; create a new one")
         self._state = _OPEN
-        config = self._config = self._config_arg or FlameConfig.from_env(os.environ)
-        stack = AsyncExitStack()
+        config = self._config = self._config_arg or FlameConfig.from_env(node_environ())
+        stack = self._stack = AsyncExitStack()
+        tokens = self._tokens = TokenStore(config.keycloak_token)
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                # honour HTTP_PROXY & co. only where the platform's nginx name is used
+                trust_env=config.uses_platform_gateway,
+            )
+        )
+        transport = self._transport = Transport(
+            session, config.base, tokens, retry=config.retry, timeout=config.request_timeout
+        )
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
         try:
-            tokens = self._tokens = TokenStore(config.keycloak_token)
-            session = await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
-                    trust_env=not os.environ.get("FLAME_BASE_URL"),
-                )
-            )
-            transport = self._transport = Transport(
-                session, config.base, tokens, retry=config.retry, timeout=config.request_timeout
-            )
-            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            self.status.analysis_id = config.analysis_id
-            self.status.grace = config.partner_status_grace
-            if self._ship_logs:
-                await tg.start(self.status.run_shipper, transport)
-            await self._wait_for_gateway(transport, config)
-            broker = self._broker = BrokerService(
-                transport,
-                analysis_id=config.analysis_id,
-                task_group=tg,
-                resend_initial=self._resend_initial,
-            )
-            api = self._api = NodeApi(
-                tokens=tokens,
-                status=self.status,
-                on_webhook=broker.on_webhook,
-                on_partner_status=self._on_partner_status,
-                max_body=config.max_api_body_bytes,
-            )
-            await tg.start(api.serve, config.api_host, config.api_port)
-            self.status.started(time.monotonic())
-            await broker.subscribe(config.webhook_url)
-            await broker.discover()
-            self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
-            if self._ship_logs:
-                self.logger.addHandler(self.log_handler)
-                stack.callback(self.logger.removeHandler, self.log_handler)
-            self.status.set_status(RunStatus.EXECUTING)
-        except BaseException:
+            await self._start(tg, transport, config)
+        except BaseException as exc:
             self._state = _CLOSED
             with anyio.CancelScope(shield=True):
                 await self._unsubscribe()
-                await stack.aclose()
+            await self._close(exc)
             raise
-        self._stack = stack
+        return self
+
+    async def _start(self, tg: TaskGroup, transport: Transport, config: FlameConfig) -> None:
+        """Start-up in PROTOCOL §6.1 order, except that the API listens before subscribing."""
+        self.status.analysis_id = config.analysis_id
+        self.status.grace = config.partner_status_grace
+        if self._ship_logs:
+            await tg.start(self.status.run_shipper, transport)
+        await self._wait_for_gateway(transport, config)
+        broker = self._broker = BrokerService(
+            transport,
+            analysis_id=config.analysis_id,
+            task_group=tg,
+            resend_initial=self._resend_initial,
+        )
+        assert self._tokens is not None
+        api = self._api = NodeApi(
+            tokens=self._tokens,
+            status=self.status,
+            on_webhook=broker.on_webhook,
+            on_partner_status=self._on_partner_status,
+            max_body=config.max_api_body_bytes,
+        )
+        await tg.start(api.serve, config.api_host, config.api_port)
+        self.status.started(time.monotonic())
+        await broker.subscribe(config.webhook_url)
+        await broker.discover()
+        self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
+        if self._ship_logs:
+            self.logger.addHandler(self.log_handler)
+        self.status.set_status(RunStatus.EXECUTING)
         log.debug(
             "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
         )
-        return self
 
     async def __aexit__(
         self,
@@ -158,14 +161,28 @@ class FlameSDK:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != _OPEN or self._stack is None:
+        if self._state != _OPEN:
             return
         self._state = _CLOSED
-        stack, self._stack = self._stack, None
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self._shutdown_timeout):
-                await self._finish(exc_type, exc)
-            await stack.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
+            await self._finish(exc_type, exc)
+        await self._close(None)
+
+    async def _close(self, exc: BaseException | None) -> None:
+        """Stop the background tasks (the task group is exited from its own scope), then close
+        the session, shielded so that cancellation cannot leave a socket open."""
+        self.logger.removeHandler(self.log_handler)
+        tg, stack = self._tg, self._stack
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(
+                    type(exc) if exc else None, exc, exc.__traceback__ if exc else None
+                )
+        finally:
+            if stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
 
     async def _finish(
         self, exc_type: type[BaseException] | None, exc: BaseException | None
@@ -457,6 +474,21 @@ class FlameSDK:
         self.status.progress.update(1.0)
         self.status.set_status(RunStatus.EXECUTED, cause="analysis_finished()")
         return report is None or report.ok
+
+    async def wait_until_finished(self, *, timeout: float = 600.0) -> None:
+        """Wait until a peer announces :meth:`analysis_finished` (typically the aggregator).
+
+        Raises:
+            MessageTimeout: No announcement within ``timeout``.
+
+        Cancellation:
+            Safe; nothing is consumed.
+        """
+        broker = self._require()
+        with anyio.move_on_after(timeout):
+            await broker.finished.wait()
+            return
+        raise MessageTimeout([], category="analysis_finished", timeout=timeout)
 
     # --------------------------------------------------------------- status
 

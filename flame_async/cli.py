@@ -1,0 +1,124 @@
+"""The ``flame-async`` command: run an analysis locally, or serve the local platform."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from ._version import __version__
+from .errors import FlameError
+from .runner import RunResult, load_main, run_analysis
+
+__all__ = ["main"]
+
+
+def _nodes(value: str) -> int | list[str]:
+    if value.isdigit():
+        count = int(value)
+        if count < 2:
+            raise argparse.ArgumentTypeError("an analysis needs at least 2 nodes")
+        return count
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError("give a node count or at least 2 comma-separated names")
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flame-async", description="Run FLAME analyses on a local multi-node platform."
+    )
+    parser.add_argument("--version", action="version", version=f"flame-async {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run SCRIPT's 'async def main()' once per node")
+    run.add_argument("script", type=Path, help="analysis file defining 'async def main()'")
+    run.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)")
+    run.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
+    run.add_argument("--out", type=Path, default=Path("flame-out"), help="output folder")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped")
+
+    platform = sub.add_parser("platform", help="serve the local platform for your own processes")
+    platform.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
+    platform.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
+    platform.add_argument("--port", type=int, default=0, help="shared Host-routed port (0: any)")
+    platform.add_argument("--out", type=Path, default=None, help="output folder")
+    return parser
+
+
+def _print_summary(result: RunResult, timeout: float) -> None:
+    print()
+    print(f"{'node':<16} {'role':<11} {'status':<9} {'seconds':>8}  result")
+    for o in result.outcomes:
+        shown = "" if o.result is None else repr(o.result)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        print(f"{o.node_id:<16} {o.role:<11} {o.status:<9} {o.seconds:>8.2f}  {shown}")
+    if result.timed_out:
+        waiting = ", ".join(o.node_id for o in result.outcomes if o.status == "stopped")
+        print(f"\nthe run was stopped after {timeout:g} s; still running: {waiting}")
+    for o in result.outcomes:
+        if o.error is not None:
+            print(f"\n--- node {o.node_id} failed: {type(o.error).__name__}: {o.error}")
+            print(o.traceback.rstrip())
+
+
+async def _run(args: argparse.Namespace) -> int:
+    analysis = load_main(args.script)
+    print(f"running {args.script} on {args.nodes if isinstance(args.nodes, int) else len(args.nodes)} nodes")
+    result = await run_analysis(
+        analysis, nodes=args.nodes, aggregator=args.aggregator, out_dir=args.out, timeout=args.timeout
+    )
+    _print_summary(result, args.timeout)
+    print(f"\n{'ok' if result.ok else 'FAILED'}: {len(result.outcomes) - len(result.failed)} of "
+          f"{len(result.outcomes)} nodes executed; outputs in {args.out}")
+    return 0 if result.ok else 1
+
+
+async def _platform(args: argparse.Namespace) -> int:
+    from .local import LocalPlatform
+
+    async with LocalPlatform(
+        args.nodes, aggregator=args.aggregator, shared_port=args.port, out_dir=args.out,
+        partner_status_grace=100.0,
+    ) as platform:
+        print(f"local FLAME platform for analysis {platform.analysis_id}")
+        print(f"shared gateway (Host-routed, usable as HTTP_PROXY): {platform.shared_url}")
+        for node in platform.nodes:
+            print(f"\n# node {node.node_id} ({node.role}); gateway {node.gateway_url}")
+            for key, value in sorted(node.env.items()):
+                print(f"export {key}='{value}'")
+        print("\nserving; press Ctrl-C to stop", flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flame-async`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "run":
+            return anyio.run(_run, args)
+        return anyio.run(_platform, args)
+    except FlameError as exc:
+        print(f"flame-async: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

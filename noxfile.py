@@ -1,0 +1,46 @@
+"""The single entry point for checks: `nox -s lint typecheck tests`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.default_venv_backend = "venv"
+
+PY = "3.11"
+
+
+@nox.session(python=PY)
+def lint(session: nox.Session) -> None:
+    """ruff format --check and ruff check (incl. the ASYNC rules)."""
+    session.install("ruff")
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PY)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PY)
+def tests(session: nox.Session) -> None:
+    """The test suite (the same command .ci/run uses)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PY)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; each writes JSON with a raw-aiohttp baseline measured in the same run."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/messaging.py", "--json", "benchmarks/results/messaging.json")
+
+
+@nox.session(python=PY)
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict")
