@@ -88,10 +88,12 @@ class NodeApi:
         Cancellation:
             Closes the listening socket and open connections (shielded, bounded).
         """
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+            site = web.TCPSite(runner, host, port)
             try:
                 await site.start()
             except OSError as exc:

@@ -118,7 +118,10 @@ class FlameSDK:
             self._state = _CLOSED
             with anyio.CancelScope(shield=True):
                 await self._unsubscribe()
-            await self._close(exc)
+            try:
+                await self._close(exc)
+            except BaseExceptionGroup:  # the task group re-reports the start-up failure
+                pass
             raise
         return self
 
@@ -272,15 +275,28 @@ class FlameSDK:
             raise SDKStateError("the configuration is read on enter; use 'async with FlameSDK()'")
         return self._config
 
+    def _identity(self) -> BrokerService:
+        if self._broker is None or not self._broker.node_id:
+            raise SDKStateError("the node id is known once 'async with FlameSDK()' has started")
+        return self._broker
+
     @property
     def node_id(self) -> str:
-        """This node's id (from the broker)."""
-        return self._require().node_id
+        """This node's id (from the broker); still readable after the block ended.
+
+        Raises:
+            SDKStateError: Before the SDK joined the analysis.
+        """
+        return self._identity().node_id
 
     @property
     def role(self) -> NodeRole:
-        """This node's role: ``default`` or ``aggregator`` (``unknown`` if the Hub says so)."""
-        return self._require().role
+        """This node's role: ``default`` or ``aggregator`` (``unknown`` if the Hub says so).
+
+        Raises:
+            SDKStateError: Before the SDK joined the analysis.
+        """
+        return self._identity().role
 
     def get_role(self) -> NodeRole:
         """This node's role (flamesdk name)."""
