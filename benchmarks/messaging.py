@@ -74,7 +74,9 @@ async def baseline(rounds: int, total: int, inflight: int) -> dict[str, float]:
     return {"rtt_p50_us": p50_us(samples), "baseline_rps": rps}
 
 
-async def through_platform(rounds: int, star_rounds: int, total: int, inflight: int) -> dict[str, float]:
+async def through_platform(
+    rounds: int, star_rounds: int, total: int, inflight: int
+) -> dict[str, float]:
     async with LocalPlatform(11, po_interval=5.0) as plat, AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(FlameSDK(n.config())) for n in plat.nodes]
         agg, a, b = nodes[0], nodes[1], nodes[2]

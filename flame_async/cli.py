@@ -40,10 +40,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run SCRIPT's 'async def main()' once per node")
     run.add_argument("script", type=Path, help="analysis file defining 'async def main()'")
-    run.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)")
+    run.add_argument(
+        "--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)"
+    )
     run.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
     run.add_argument("--out", type=Path, default=Path("flame-out"), help="output folder")
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped")
+    run.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds before the run is stopped"
+    )
 
     platform = sub.add_parser("platform", help="serve the local platform for your own processes")
     platform.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
@@ -72,13 +76,20 @@ def _print_summary(result: RunResult, timeout: float) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     analysis = load_main(args.script)
-    print(f"running {args.script} on {args.nodes if isinstance(args.nodes, int) else len(args.nodes)} nodes")
+    count = args.nodes if isinstance(args.nodes, int) else len(args.nodes)
+    print(f"running {args.script} on {count} nodes")
     result = await run_analysis(
-        analysis, nodes=args.nodes, aggregator=args.aggregator, out_dir=args.out, timeout=args.timeout
+        analysis,
+        nodes=args.nodes,
+        aggregator=args.aggregator,
+        out_dir=args.out,
+        timeout=args.timeout,
     )
     _print_summary(result, args.timeout)
-    print(f"\n{'ok' if result.ok else 'FAILED'}: {len(result.outcomes) - len(result.failed)} of "
-          f"{len(result.outcomes)} nodes executed; outputs in {args.out}")
+    print(
+        f"\n{'ok' if result.ok else 'FAILED'}: {len(result.outcomes) - len(result.failed)} of "
+        f"{len(result.outcomes)} nodes executed; outputs in {args.out}"
+    )
     return 0 if result.ok else 1
 
 
@@ -86,7 +97,10 @@ async def _platform(args: argparse.Namespace) -> int:
     from .local import LocalPlatform
 
     async with LocalPlatform(
-        args.nodes, aggregator=args.aggregator, shared_port=args.port, out_dir=args.out,
+        args.nodes,
+        aggregator=args.aggregator,
+        shared_port=args.port,
+        out_dir=args.out,
         partner_status_grace=100.0,
     ) as platform:
         print(f"local FLAME platform for analysis {platform.analysis_id}")

@@ -10,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "Category",
+    "LocalDP",
     "Message",
     "NodeRole",
     "NodeStatus",
     "Participant",
+    "ResultInfo",
     "RunStatus",
     "SendReport",
     "StreamInfo",
@@ -169,3 +171,39 @@ class SendReport(BaseModel):
     def ok(self) -> bool:
         """True when every receiver acknowledged."""
         return not self.missing
+
+
+class ResultInfo(BaseModel):
+    """What is known about a stored result (the original SDK design's fields).
+
+    Attributes:
+        result_id: The id to fetch it with (for global intermediate results the storage query
+            string ``{object_id}?remote_node_id={uploader}``, as flamesdk passes it on).
+        result_name: File name (final and tagged local results) or the format's name.
+        node_id: The node that owns the stored object (uploader).
+        analysis_id: The analysis it belongs to.
+        result_size: Size in bytes, when known.
+        result_time: When it was stored or announced (timezone-aware).
+        result_owner: ``"self"`` for this node's results, else the owning node id.
+        other: Anything else: ``format``, ``receiver``, ``tag``, ``url``, ``direction``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    result_id: str
+    result_name: str
+    node_id: str
+    analysis_id: str
+    result_size: int | None = None
+    result_time: datetime
+    result_owner: str
+    other: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocalDP(BaseModel):
+    """Local differential privacy for a numeric final result (Laplace noise on the service)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epsilon: float = Field(gt=0)
+    sensitivity: float = Field(gt=0)

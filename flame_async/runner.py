@@ -143,7 +143,9 @@ async def run_analysis(
     Cancellation:
         Cancels every node and stops the platform.
     """
-    async with LocalPlatform(nodes, aggregator=aggregator, out_dir=out_dir, **platform_options) as platform:
+    async with LocalPlatform(
+        nodes, aggregator=aggregator, out_dir=out_dir, **platform_options
+    ) as platform:
         outcomes = [NodeOutcome(n.node_id, n.role) for n in platform.nodes]
 
         async def run_node(index: int) -> None:

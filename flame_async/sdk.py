@@ -7,6 +7,7 @@ status, results, data) borrow them. Start-up and shutdown read top to bottom in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -118,10 +119,8 @@ class FlameSDK:
             self._state = _CLOSED
             with anyio.CancelScope(shield=True):
                 await self._unsubscribe()
-            try:
+            with contextlib.suppress(BaseExceptionGroup):  # the group repeats the failure
                 await self._close(exc)
-            except BaseExceptionGroup:  # the task group re-reports the start-up failure
-                pass
             raise
         return self
 

@@ -40,7 +40,11 @@ def test_defaults_match_the_platform() -> None:
 
 def test_overrides_are_applied() -> None:
     config = FlameConfig.from_env(
-        env(FLAME_BASE_URL="http://127.0.0.1:9000/", FLAME_API_PORT="0", FLAME_PARTNER_STATUS_GRACE="2")
+        env(
+            FLAME_BASE_URL="http://127.0.0.1:9000/",
+            FLAME_API_PORT="0",
+            FLAME_PARTNER_STATUS_GRACE="2",
+        )
     )
     assert config.base_url == "http://127.0.0.1:9000"
     assert config.webhook_url == "http://127.0.0.1:9000/analysis/webhook"

@@ -109,9 +109,15 @@ def test_flamesdk_original_without_stream_is_delivered_on_arrival() -> None:
     body = {
         "value": 3,
         "meta": {
-            "type": "outgoing", "category": "c", "id": "abcd-0-1234", "akn_id": None,
-            "status": "unread", "sender": "legacy", "created_at": "2026-01-01 10:00:00",
-            "arrived_at": None, "number": 0,
+            "type": "outgoing",
+            "category": "c",
+            "id": "abcd-0-1234",
+            "akn_id": None,
+            "status": "unread",
+            "sender": "legacy",
+            "created_at": "2026-01-01 10:00:00",
+            "arrived_at": None,
+            "number": 0,
         },
     }
     result = deliver(b, body)
@@ -145,7 +151,7 @@ def test_gap_declared_settled_by_floor_is_skipped() -> None:
 
 
 def test_sequence_numbers_are_per_receiver() -> None:
-    a, b, c = Router("a"), Router("b"), Router("c")
+    a, c = Router("a"), Router("c")
     to_b = a.new_message(["b"], "x", {}, now=T0)
     to_both = a.new_message(["b", "c"], "x", {}, now=T0)
     assert to_b.seq == {"b": 1}
@@ -201,7 +207,9 @@ def test_late_copy_after_give_up_is_still_handed_over(floor_first: bool) -> None
     late_body = a.body_for(lost, ["b"])
     a.settle(lost)
     nxt = a.new_message(["b"], "c", {"i": 1}, now=T0)
-    order = [a.body_for(nxt, ["b"]), late_body] if floor_first else [late_body, a.body_for(nxt, ["b"])]
+    order = (
+        [a.body_for(nxt, ["b"]), late_body] if floor_first else [late_body, a.body_for(nxt, ["b"])]
+    )
     for body in order:
         deliver(b, body)
     got = sorted(m.data["i"] for m in b.peek())

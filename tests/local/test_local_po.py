@@ -1,0 +1,156 @@
+"""The local pod orchestrator: log intake and the per-node status loop (PROTOCOL.md §5)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from flame_async._jwt import decode_claims
+from flame_async.local import LocalPlatform
+
+from .helpers import Gateway, eventually
+
+LOG = {
+    "log": "step 1\nstep 2",
+    "log_type": "info",
+    "analysis_id": "",
+    "status": "executing",
+    "progress": 10,
+}
+
+
+async def stream(gw: Gateway, **fields: object) -> tuple[int, object]:
+    body = {**LOG, "analysis_id": gw.platform.analysis_id, **fields}
+    async with gw.http.post(gw.url("/po/stream_logs"), json=body, headers=gw.auth) as response:
+        return response.status, await response.json()
+
+
+async def test_stream_logs_stores_the_record_status_and_progress(
+    platform: LocalPlatform, gateway
+) -> None:
+    gw: Gateway = gateway("node-2")
+    assert platform.status("node-2") is None
+    assert await stream(gw) == (200, None)
+    (record,) = platform.logs("node-2")
+    assert (record.node_id, record.log, record.log_type) == ("node-2", "step 1\nstep 2", "info")
+    assert (record.status, record.progress) == ("executing", 10)
+    assert record.time.tzinfo is not None
+    assert (platform.status("node-2"), platform.progress("node-2")) == ("executing", 10)
+    assert platform.logs("node-1") == []
+
+
+async def test_progress_only_grows(platform: LocalPlatform, gateway) -> None:
+    gw: Gateway = gateway("node-1")
+    for progress in (40, 20, 40, 55):
+        assert (await stream(gw, progress=progress))[0] == 200
+    assert platform.progress("node-1") == 55
+    assert [r.progress for r in platform.logs("node-1")] == [40, 20, 40, 55]
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"log_type": "warning"}, ["body", "log_type"]),
+        ({"status": "running"}, ["body", "status"]),
+        ({"progress": 101}, ["body", "progress"]),
+        ({"progress": -1}, ["body", "progress"]),
+        ({"log": 5}, ["body", "log"]),
+    ],
+)
+async def test_stream_logs_rejects_invalid_fields_with_422(
+    platform: LocalPlatform, gateway, fields: dict[str, object], loc: list[str]
+) -> None:
+    status, body = await stream(gateway("node-1"), **fields)
+    assert status == 422
+    assert isinstance(body, dict)
+    assert [error["loc"] for error in body["detail"]] == [loc]
+    assert all({"type", "msg"} <= error.keys() for error in body["detail"])
+    assert platform.logs("node-1") == []
+
+
+async def test_stream_logs_rejects_missing_fields_and_bad_json(gateway) -> None:
+    gw: Gateway = gateway("node-1")
+    async with gw.http.post(
+        gw.url("/po/stream_logs"), json={"log": "x"}, headers=gw.auth
+    ) as response:
+        assert response.status == 422
+        missing = {tuple(e["loc"]) for e in (await response.json())["detail"]}
+    assert missing == {("body", f) for f in ("log_type", "analysis_id", "status", "progress")}
+    async with gw.http.post(gw.url("/po/stream_logs"), data=b"{", headers=gw.auth) as response:
+        assert response.status == 422
+
+
+async def test_status_loop_posts_partner_status_polls_healthz_and_refreshes_tokens(
+    start_platform, start_api, http, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flame_async.local")
+    platform: LocalPlatform = await start_platform(po_interval=0.02)
+    apis = {node.node_id: await start_api(node) for node in platform.nodes[:2]}  # node-3 is down
+    api = apis["node-1"]
+    api.token_remaining = 1  # about to expire: below 2 * po_interval + 1 s
+
+    await eventually(lambda: api.on("/token_refresh"))
+    first = api.on("/partner_status")[0].json()
+    assert first == {"partner_status": {"node-2": None, "node-3": None}}
+    assert api.on("/healthz")
+    assert platform.health("node-1") == "executing"
+
+    refreshed = api.on("/token_refresh")[0].json()["token"]
+    claims = decode_claims(refreshed)
+    assert (claims["sub"], claims["client_id"]) == ("node-1", platform.analysis_id)
+    assert refreshed != platform.node("node-1").env["KEYCLOAK_TOKEN"]  # env is not changed
+    await eventually(lambda: platform.token("node-1") == refreshed)
+    # the refreshed token is accepted by the gateway
+    gw = Gateway(http, platform, platform.node("node-1"))
+    gw.auth = {"Authorization": "Bearer " + refreshed}
+    assert (await stream(gw))[0] == 200
+
+    # partners' statuses come from what they reported
+    assert (await stream(Gateway(http, platform, platform.node("node-2"))))[0] == 200
+    await eventually(
+        lambda: api.on("/partner_status")[-1].json()["partner_status"]["node-2"] == "executing"
+    )
+    # a fresh token is not refreshed again; node-2's never needed it
+    polls = len(api.on("/healthz"))
+    await eventually(lambda: len(api.on("/healthz")) >= polls + 3)
+    assert len(api.on("/token_refresh")) == 1
+    assert apis["node-2"].on("/token_refresh") == []
+
+    # a node whose API is not listening is "unreachable", quietly
+    await eventually(lambda: platform.health("node-3") == "unreachable")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_status_loop_stops_once_the_node_is_terminal(start_platform, start_api) -> None:
+    platform: LocalPlatform = await start_platform(po_interval=0.01)
+    apis = {node.node_id: await start_api(node) for node in platform.nodes}
+    apis["node-1"].status = "executed"  # reported by /healthz
+
+    await eventually(lambda: platform.status("node-1") == "executed")
+    polls = len(apis["node-1"].on("/healthz"))
+    others = len(apis["node-2"].on("/healthz"))
+    await eventually(lambda: len(apis["node-2"].on("/healthz")) >= others + 5)
+    assert len(apis["node-1"].on("/healthz")) == polls
+    assert apis["node-2"].on("/partner_status")[-1].json()["partner_status"]["node-1"] == "executed"
+
+
+async def test_status_loop_stops_after_a_terminal_log_status(
+    start_platform, start_api, http
+) -> None:
+    platform: LocalPlatform = await start_platform(po_interval=0.01)
+    apis = {node.node_id: await start_api(node) for node in platform.nodes}
+    await eventually(lambda: apis["node-3"].on("/healthz"))
+    assert (await stream(Gateway(http, platform, platform.node("node-3")), status="failed"))[
+        0
+    ] == 200
+    await eventually(
+        lambda: (
+            apis["node-1"].on("/partner_status")[-1].json()["partner_status"]["node-3"] == "failed"
+        )
+    )
+    polls = len(apis["node-3"].on("/healthz"))
+    others = len(apis["node-1"].on("/healthz"))
+    await eventually(lambda: len(apis["node-1"].on("/healthz")) >= others + 5)
+    assert len(apis["node-3"].on("/healthz")) <= polls + 1  # at most the round in flight
+    assert platform.status("node-3") == "failed"

@@ -1,0 +1,93 @@
+"""The platform's HS256 tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+import orjson
+import pytest
+
+from flame_async._jwt import decode_claims, remaining_seconds
+from flame_async.local import InvalidToken
+from flame_async.local._tokens import TokenIssuer
+
+
+def test_minted_token_verifies_and_carries_the_claims() -> None:
+    issuer = TokenIssuer("analysis-1", lifetime=600)
+    token = issuer.mint("node-a", now=1_000_000)
+    claims = issuer.verify(token, now=1_000_001)
+    assert claims["iat"] == 1_000_000
+    assert claims["exp"] == 1_000_600
+    assert (claims["client_id"], claims["sub"]) == ("analysis-1", "node-a")
+    assert decode_claims(token) == claims
+    assert 595 <= remaining_seconds(issuer.mint("node-a")) <= 600
+
+
+def test_tokens_minted_together_differ() -> None:
+    issuer = TokenIssuer("a", lifetime=60)
+    assert issuer.mint("n", now=5) != issuer.mint("n", now=5)
+
+
+def test_expired_token_is_rejected() -> None:
+    issuer = TokenIssuer("a", lifetime=60)
+    token = issuer.mint("n", now=1000)
+    issuer.verify(token, now=1059)  # cached after this, expiry still checked
+    with pytest.raises(InvalidToken, match="expired"):
+        issuer.verify(token, now=1060)
+    with pytest.raises(InvalidToken, match="expired"):
+        issuer.verify(issuer.mint("n", lifetime=-1))
+
+
+def test_token_of_another_issuer_is_rejected() -> None:
+    token = TokenIssuer("a", lifetime=60).mint("n")
+    with pytest.raises(InvalidToken, match="signature"):
+        TokenIssuer("a", lifetime=60).verify(token)
+
+
+def test_tampered_claims_are_rejected() -> None:
+    issuer = TokenIssuer("a", lifetime=60)
+    header, _, signature = issuer.mint("n").split(".")
+    forged = base64.urlsafe_b64encode(
+        orjson.dumps({"exp": 2**40, "client_id": "a", "sub": "other"})
+    ).rstrip(b"=")
+    with pytest.raises(InvalidToken):
+        issuer.verify(f"{header}.{forged.decode()}.{signature}")
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c", "ä.b.c", "a.b.c.d"])
+def test_malformed_tokens_are_rejected(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        TokenIssuer("a", lifetime=60).verify(token)
+
+
+def test_a_validly_signed_token_without_hs256_or_exp_is_rejected() -> None:
+    secret = b"k" * 32
+    issuer = TokenIssuer("a", lifetime=60, secret=secret)
+
+    def sign(header: dict[str, object], claims: dict[str, object]) -> str:
+        def enc(raw: bytes) -> bytes:
+            return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+        signing_input = enc(orjson.dumps(header)) + b"." + enc(orjson.dumps(claims))
+        signature = enc(hmac.new(secret, signing_input, hashlib.sha256).digest())
+        return (signing_input + b"." + signature).decode()
+
+    with pytest.raises(InvalidToken, match="HS256"):
+        issuer.verify(sign({"alg": "none"}, {"exp": time.time() + 60}))
+    with pytest.raises(InvalidToken, match="exp"):
+        issuer.verify(sign({"alg": "HS256"}, {"sub": "n"}))
+
+
+@pytest.mark.parametrize("node_id", ["node-1", "a", "hospital-zz9", "0-0-0-0", "x" * 39])
+@pytest.mark.parametrize("analysis_id", ["6f1c0e36-5d2e-4d1b-9d54-b2a4b44c6a10", "A.b_c-D"])
+def test_payload_is_readable_as_standard_base64(node_id: str, analysis_id: str) -> None:
+    """flamesdk 0.6 decodes the payload with standard base64 (PROTOCOL.md Q11)."""
+    issuer = TokenIssuer(analysis_id, lifetime=3600)
+    for _ in range(20):
+        payload = issuer.mint(node_id).split(".")[1]
+        assert "-" not in payload
+        assert "_" not in payload
+        assert orjson.loads(base64.b64decode(payload + "=="))["sub"] == node_id
