@@ -8,10 +8,12 @@ Start with :class:`FlameSDK`::
 
 from ._version import __version__
 from .config import FlameConfig, RetryPolicy
+from .data import DataSource, DataSourceKind, FhirClient, S3Client, fhir_to_dataframe
 from .errors import (
     AuthenticationError,
     CodecError,
     ConfigError,
+    DataAccessError,
     DataSourceError,
     FlameError,
     InvalidArgument,
@@ -28,14 +30,17 @@ from .errors import (
     ServiceUnavailable,
     StartupError,
     TransportError,
+    UnknownDataSource,
     UnknownNodeError,
 )
 from .models import (
     Category,
+    LocalDP,
     Message,
     NodeRole,
     NodeStatus,
     Participant,
+    ResultInfo,
     RunStatus,
     SendReport,
 )
@@ -47,11 +52,16 @@ __all__ = [
     "Category",
     "CodecError",
     "ConfigError",
+    "DataAccessError",
+    "DataSource",
     "DataSourceError",
+    "DataSourceKind",
+    "FhirClient",
     "FlameConfig",
     "FlameError",
     "FlameSDK",
     "InvalidArgument",
+    "LocalDP",
     "Message",
     "MessageTimeout",
     "MissingExtra",
@@ -65,14 +75,18 @@ __all__ = [
     "Progress",
     "RemoteError",
     "RequestTimeout",
+    "ResultInfo",
     "RetryPolicy",
     "RunStatus",
+    "S3Client",
     "SDKStateError",
     "SendReport",
     "ServiceError",
     "ServiceUnavailable",
     "StartupError",
     "TransportError",
+    "UnknownDataSource",
     "UnknownNodeError",
     "__version__",
+    "fhir_to_dataframe",
 ]

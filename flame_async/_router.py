@@ -78,7 +78,9 @@ class Ack:
     message_id: str
     node_id: str
     settled: bool
-    """True when this ack settled the last receiver of that message."""
+    """True when this ack settled the last receiver of at least one message."""
+    settled_ids: tuple[str, ...] = ()
+    """The messages it settled (several for a coalesced ack)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,7 +202,7 @@ class Router:
             return Delivered(sender, ack, (), duplicate=True)
         seen.add(meta.id)
         self.stats["received"] += 1
-        message = Message(
+        message = Message.model_construct(  # every field is already validated (WireMeta)
             id=meta.id,
             sender=sender,
             category=meta.category,
@@ -217,8 +219,20 @@ class Router:
         return Delivered(sender, ack, released, duplicate=False)
 
     def _ack_for(self, meta: WireMeta, now: datetime) -> dict[str, Any]:
-        stamped = meta.model_dump(exclude_none=False, exclude={"stream"})
-        stamped.update(type="incoming", akn_id=self.node_id, arrived_at=format_wire_time(now))
+        stamped: dict[str, Any] = {
+            **(meta.model_extra or {}),
+            "type": "incoming",
+            "category": meta.category,
+            "id": meta.id,
+            "akn_id": self.node_id,
+            "status": meta.status,
+            "sender": meta.sender,
+            "created_at": meta.created_at,
+            "arrived_at": format_wire_time(now),
+            "number": meta.number,
+        }
+        if meta.reply_to is not None:
+            stamped["reply_to"] = meta.reply_to
         return {"meta": stamped}
 
     def _order(
@@ -249,18 +263,38 @@ class Router:
     def _on_ack(self, meta: WireMeta) -> Received:
         if meta.sender != self.node_id:
             return Ignored(f"ack from {meta.akn_id} for a message of {meta.sender}")
-        self.stats["acks"] += 1
         node = meta.akn_id or ""
         self.heard_from.add(node)
-        out = self._outgoing.get(meta.id)
-        if out is None or node not in out.pending:
+        outcomes = {m: self._ack_one(m, node) for m in (meta.id, *(meta.acks or ()))}
+        if all(outcome is None for outcome in outcomes.values()):
             return Ignored(f"ack from {node} for settled or unknown message {meta.id}")
+        settled = tuple(m for m, outcome in outcomes.items() if outcome)
+        return Ack(meta.id, node, settled=bool(settled), settled_ids=settled)
+
+    def _ack_one(self, message_id: str, node: str) -> bool | None:
+        """Count ``node``'s ack of ``message_id``: True if that settled the message, False if
+        others are still pending, None if it was unknown or already counted."""
+        self.stats["acks"] += 1
+        out = self._outgoing.get(message_id)
+        if out is None or node not in out.pending:
+            return None
         out.pending.discard(node)
         out.acked.append(node)
         n = out.seq.get(node)
         if n is not None:
             self._open_seq.get(node, set()).discard(n)
-        return Ack(meta.id, node, settled=not out.pending)
+        return not out.pending
+
+    @staticmethod
+    def merge_acks(acks: list[dict[str, Any]]) -> dict[str, Any]:
+        """One ack body for several acks to the same flame-async sender.
+
+        The first ack is kept whole (flamesdk-shaped); the others' ids ride in ``meta.acks``.
+        """
+        first = acks[0]
+        if len(acks) == 1:
+            return first
+        return {"meta": {**first["meta"], "acks": [a["meta"]["id"] for a in acks[1:]]}}
 
     # ------------------------------------------------------------------ queues
 

@@ -35,7 +35,7 @@ log = logging.getLogger("flame_async.transport")
 
 T = TypeVar("T")
 
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+JSON_HEADERS = {"Accept": "application/json"}
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 
@@ -113,13 +113,24 @@ class Transport:
         self.tokens = tokens
         self.retry_policy = retry
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._base = str(base_url).rstrip("/")
+        self._urls: dict[str, URL] = {}
 
     def url(self, path: str) -> URL:
-        """The absolute URL of a gateway path (``/message-broker/...``)."""
-        return self.base_url.with_path(self.base_url.path.rstrip("/") + path, encoded=True)
+        """The absolute URL of a gateway path (``/message-broker/...``), query string kept as is."""
+        url = self._urls.get(path)
+        if url is None:
+            url = URL(self._base + path, encoded=True)
+            if len(self._urls) < 256:  # the fixed service paths; not every object id
+                self._urls[path] = url
+        return url
 
-    def _headers(self, headers: Mapping[str, str] | None, auth: bool) -> dict[str, str]:
+    def _headers(
+        self, headers: Mapping[str, str] | None, auth: bool, *, json: bool = False
+    ) -> dict[str, str]:
         merged = dict(JSON_HEADERS)
+        if json:
+            merged["Content-Type"] = "application/json"
         if auth:
             merged["Authorization"] = self.tokens.authorization()
         if headers:
@@ -169,22 +180,21 @@ class Transport:
         body = orjson.dumps(json) if json is not None else data
         url = self.url(path)
         client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
+        merged = self._headers(headers, auth, json=json is not None)
 
         async def once() -> bytes:
-            async with self._open(
-                method,
-                url,
-                service=service,
-                data=body,
-                params=params,
-                headers=self._headers(headers, auth),
-                expect=expect,
-                timeout=client_timeout,
-            ) as response:
-                try:
-                    return await response.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise self._translate(exc, service, method, url) from exc
+            # the hot path of every message: one session call, no extra context managers
+            try:
+                async with self.session.request(
+                    method, url, data=body, params=params, headers=merged, timeout=client_timeout
+                ) as response:
+                    status = response.status
+                    payload = await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise self._translate(exc, service, method, url) from exc
+            if status not in expect:
+                raise self._status_error(status, payload, service, method, url)
+            return payload
 
         policy = self.retry_policy if retry is True else retry or None
         if policy is None:

@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)"
     )
     run.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
+    run.add_argument("--data", type=Path, help="data folder: DATA/<node>/fhir/, DATA/<node>/s3/")
     run.add_argument("--out", type=Path, default=Path("flame-out"), help="output folder")
     run.add_argument(
         "--timeout", type=float, default=600.0, help="seconds before the run is stopped"
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     platform = sub.add_parser("platform", help="serve the local platform for your own processes")
     platform.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
     platform.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
+    platform.add_argument(
+        "--data", type=Path, help="data folder: DATA/<node>/fhir/, DATA/<node>/s3/"
+    )
     platform.add_argument("--port", type=int, default=0, help="shared Host-routed port (0: any)")
     platform.add_argument("--out", type=Path, default=None, help="output folder")
     return parser

@@ -13,6 +13,7 @@ __all__ = [
     "AuthenticationError",
     "CodecError",
     "ConfigError",
+    "DataAccessError",
     "DataSourceError",
     "FlameError",
     "InvalidArgument",
@@ -29,6 +30,7 @@ __all__ = [
     "ServiceUnavailable",
     "StartupError",
     "TransportError",
+    "UnknownDataSource",
     "UnknownNodeError",
 ]
 
@@ -193,6 +195,29 @@ class MissingExtra(FlameError, ImportError):
 
 class DataSourceError(FlameError):
     """A data source is unknown, or reading from it failed."""
+
+
+class UnknownDataSource(DataSourceError, LookupError):
+    """No data source of this node has that id or name (or this node has no data at all)."""
+
+
+class DataAccessError(DataSourceError):
+    """Reading a query or key from a data source failed.
+
+    Attributes:
+        source: The data source's name.
+        target: The FHIR query or S3 key.
+        status: The HTTP status the data proxy answered (None for connection failures).
+    """
+
+    def __init__(self, source: str, target: str, status: int | None, detail: str) -> None:
+        self.source = source
+        self.target = target
+        self.status = status
+        code = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(
+            f"reading {target!r} from data source {source!r} failed ({code}): {detail}"
+        )
 
 
 class RemoteError(FlameError):

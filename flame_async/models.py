@@ -122,6 +122,8 @@ class WireMeta(BaseModel):
     stream: StreamInfo | None = None
     reply_to: StrictStr | None = None
     error: StrictStr | None = None
+    acks: list[StrictStr] | None = None
+    """flame-async only: further message ids this ack covers (acks coalesced per peer)."""
 
 
 class Message(BaseModel):

@@ -120,6 +120,7 @@ async def run_analysis(
     *,
     nodes: int | Sequence[str] = 3,
     aggregator: str | None = None,
+    data: Path | None = None,
     out_dir: Path | None = None,
     timeout: float | None = None,
     **platform_options: Any,
@@ -130,6 +131,7 @@ async def run_analysis(
         main: The analysis entry point; each call creates its own ``FlameSDK()``.
         nodes: Number of nodes, or their ids.
         aggregator: Id of the aggregator (default: the first node).
+        data: Data folder (``DATA/<node>/fhir/``, ``DATA/<node>/s3/``).
         out_dir: Folder for the platform's outputs.
         timeout: Seconds after which still-running nodes are cancelled (status ``stopped``).
         **platform_options: Passed to :class:`~flame_async.local.LocalPlatform`.

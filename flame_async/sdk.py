@@ -14,7 +14,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 import anyio
@@ -25,8 +25,19 @@ from ._transport import Transport, retry_call
 from .api import NodeApi
 from .broker import BrokerService, Handler, Receivers
 from .config import FlameConfig, node_environ
+from .data import DataService, DataSource, FhirClient, S3Client
 from .errors import MessageTimeout, SDKStateError, StartupError, TransportError
-from .models import Message, NodeRole, NodeStatus, Participant, RunStatus, SendReport
+from .models import (
+    LocalDP,
+    Message,
+    NodeRole,
+    NodeStatus,
+    Participant,
+    ResultInfo,
+    RunStatus,
+    SendReport,
+)
+from .results import ResultsService
 from .status import PoLogHandler, Progress, StatusService
 
 __all__ = ["FlameSDK"]
@@ -52,6 +63,8 @@ class FlameSDK:
         log_level: Lowest level shipped to the PO.
         resend_initial: Seconds before an unacknowledged message is first sent again.
         shutdown_timeout: Longest time the shutdown steps (status, log flush, unsubscribe) take.
+        aggregator_requires_data: Load data sources on the aggregator too (analyzer nodes
+            always load them).
 
     Raises:
         ConfigError: (on enter) The environment is missing variables or has malformed ones.
@@ -68,6 +81,7 @@ class FlameSDK:
         log_level: int = logging.INFO,
         resend_initial: float = 1.0,
         shutdown_timeout: float = 10.0,
+        aggregator_requires_data: bool = False,
     ) -> None:
         self._config_arg = config
         self._status_sync = status_sync
@@ -75,6 +89,9 @@ class FlameSDK:
         self._log_level = log_level
         self._resend_initial = resend_initial
         self._shutdown_timeout = shutdown_timeout
+        self._aggregator_requires_data = aggregator_requires_data
+        self._results: ResultsService | None = None
+        self._data: DataService | None = None
         self._state = _NEW
         self._stack: AsyncExitStack | None = None
         self._config: FlameConfig | None = config
@@ -117,8 +134,9 @@ class FlameSDK:
             await self._start(tg, transport, config)
         except BaseException as exc:
             self._state = _CLOSED
-            with anyio.CancelScope(shield=True):
-                await self._unsubscribe()
+            # same exit path as a failing analysis: status, traceback to the PO, peers told
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
+                await self._finish(type(exc), exc)
             with contextlib.suppress(BaseExceptionGroup):  # the group repeats the failure
                 await self._close(exc)
             raise
@@ -137,9 +155,8 @@ class FlameSDK:
             task_group=tg,
             resend_initial=self._resend_initial,
         )
-        assert self._tokens is not None
         api = self._api = NodeApi(
-            tokens=self._tokens,
+            tokens=transport.tokens,
             status=self.status,
             on_webhook=broker.on_webhook,
             on_partner_status=self._on_partner_status,
@@ -149,6 +166,14 @@ class FlameSDK:
         self.status.started(time.monotonic())
         await broker.subscribe(config.webhook_url)
         await broker.discover()
+        self._results = ResultsService(transport, broker, analysis_id=config.analysis_id)
+        self._data = DataService(
+            transport,
+            project_id=config.project_id,
+            apikey=config.data_source_token.get_secret_value(),
+        )
+        if broker.role is NodeRole.DEFAULT or self._aggregator_requires_data:
+            await self._data.load_sources()
         self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
         if self._ship_logs:
             self.logger.addHandler(self.log_handler)
@@ -504,6 +529,155 @@ class FlameSDK:
             await broker.finished.wait()
             return
         raise MessageTimeout([], category="analysis_finished", timeout=timeout)
+
+    # -------------------------------------------------------------- results
+
+    def _services(self) -> tuple[ResultsService, DataService]:
+        self._require()
+        if self._results is None or self._data is None:  # pragma: no cover - set on enter
+            raise SDKStateError("the SDK has not finished starting")
+        return self._results, self._data
+
+    async def send_result(
+        self,
+        result: Any,
+        *,
+        filename: str | None = None,
+        local_dp: LocalDP | Mapping[str, float] | None = None,
+        table_format: Literal["parquet", "csv"] = "parquet",
+        allow_pickle: bool = False,
+    ) -> ResultInfo:
+        """Submit the final result (aggregator only); see :meth:`ResultsService.send_result`.
+
+        Raises:
+            NotAggregatorError: This node is not the aggregator (before any I/O).
+            CodecError: The result cannot be encoded safely.
+        """
+        return await self._services()[0].send_result(
+            result,
+            filename=filename,
+            local_dp=local_dp,
+            table_format=table_format,
+            allow_pickle=allow_pickle,
+        )
+
+    async def save_intermediate_result(
+        self, result: Any, *, receivers: Receivers, allow_pickle: bool = False
+    ) -> dict[str, ResultInfo]:
+        """Store ``result`` once per receiver (each copy readable once)."""
+        return await self._services()[0].save_intermediate_result(
+            result, receivers=receivers, allow_pickle=allow_pickle
+        )
+
+    async def save_intermediate_result_local(
+        self,
+        result: Any,
+        *,
+        tag: str | None = None,
+        filename: str | None = None,
+        allow_pickle: bool = False,
+    ) -> ResultInfo:
+        """Keep ``result`` in this node's local storage, optionally under a project-wide tag."""
+        return await self._services()[0].save_intermediate_result_local(
+            result, tag=tag, filename=filename, allow_pickle=allow_pickle
+        )
+
+    async def get_intermediate_result(
+        self, result_id: str | ResultInfo, *, sender: str | None = None, allow_pickle: bool = False
+    ) -> Any:
+        """Download and decode a global intermediate result stored for this node."""
+        return await self._services()[0].get_intermediate_result(
+            result_id, sender=sender, allow_pickle=allow_pickle
+        )
+
+    async def get_intermediate_result_local(
+        self,
+        result_id: str | ResultInfo | None = None,
+        *,
+        tag: str | None = None,
+        which: Literal["all", "first", "last"] = "all",
+        allow_pickle: bool = False,
+    ) -> Any:
+        """Read local results by id, or by tag (all, first or last)."""
+        return await self._services()[0].get_intermediate_result_local(
+            result_id, tag=tag, which=which, allow_pickle=allow_pickle
+        )
+
+    def list_intermediate_results(self) -> list[ResultInfo]:
+        """Global intermediate results sent by this node and announced to it in this run."""
+        return self._services()[0].list_intermediate_results()
+
+    async def list_intermediate_local_results(self) -> list[ResultInfo]:
+        """Tagged local results of this project."""
+        return await self._services()[0].list_intermediate_local_results()
+
+    async def get_local_tags(self) -> list[str]:
+        """Tags of this project's local results."""
+        return await self._services()[0].get_local_tags()
+
+    async def send_intermediate_result(
+        self,
+        receivers: Receivers,
+        result: Any,
+        *,
+        category: str = "intermediate_data",
+        timeout: float = 60.0,
+        allow_pickle: bool = False,
+    ) -> SendReport:
+        """Store ``result`` for each receiver and announce it (flamesdk ``intermediate_data``)."""
+        return await self._services()[0].send_intermediate_result(
+            receivers, result, category=category, timeout=timeout, allow_pickle=allow_pickle
+        )
+
+    async def await_intermediate_result(
+        self,
+        sender: str,
+        *,
+        category: str = "intermediate_data",
+        timeout: float = 60.0,
+        allow_pickle: bool = False,
+    ) -> Any:
+        """Wait for ``sender``'s intermediate result and decode it."""
+        return await self._services()[0].await_intermediate_result(
+            sender, category=category, timeout=timeout, allow_pickle=allow_pickle
+        )
+
+    async def await_intermediate_results(
+        self,
+        senders: Receivers | None = None,
+        *,
+        category: str = "intermediate_data",
+        timeout: float = 60.0,
+        allow_pickle: bool = False,
+    ) -> dict[str, Any]:
+        """One intermediate result from each sender (all peers if None); None where none came."""
+        return await self._services()[0].await_intermediate_results(
+            senders, category=category, timeout=timeout, allow_pickle=allow_pickle
+        )
+
+    # ----------------------------------------------------------------- data
+
+    def get_data_sources(self) -> list[DataSource]:
+        """This node's data sources (empty on an aggregator unless ``aggregator_requires_data``)."""
+        return self._services()[1].sources
+
+    def get_data_client(self, source: DataSource | str) -> FhirClient | S3Client:
+        """A FHIR or S3 client for ``source`` (id or name).
+
+        Raises:
+            UnknownDataSource: No such source on this node.
+        """
+        return self._services()[1].client(source)
+
+    async def get_fhir_data(self, queries: list[str] | str) -> dict[str, list[dict[str, Any]]]:
+        """Resources per FHIR query (all pages, every FHIR source of this node)."""
+        return await self._services()[1].get_fhir_data(
+            [queries] if isinstance(queries, str) else queries
+        )
+
+    async def get_s3_data(self, keys: list[str] | None = None) -> dict[str, bytes]:
+        """Objects per key from this node's S3 sources (all objects when ``keys`` is None)."""
+        return await self._services()[1].get_s3_data(keys)
 
     # --------------------------------------------------------------- status
 

@@ -91,7 +91,7 @@ def test_ack_settles_the_sender() -> None:
     first = a.receive(*wire(ack_b), now=T0)
     assert first == Ack(out.id, "b", settled=False)
     second = a.receive(*wire(ack_c), now=T0)
-    assert second == Ack(out.id, "c", settled=True)
+    assert second == Ack(out.id, "c", settled=True, settled_ids=(out.id,))
     assert isinstance(a.receive(*wire(ack_c), now=T0), Ignored)  # repeated ack
 
 
@@ -101,7 +101,7 @@ def test_flamesdk_full_echo_ack_is_recognised() -> None:
     echoed = a.body_for(out, ["b"])
     echoed["meta"] = {**echoed["meta"], "type": "incoming", "akn_id": "b", "arrived_at": "x"}
     echoed["meta"].pop("stream")
-    assert a.receive(*wire(echoed), now=T0) == Ack(out.id, "b", settled=True)
+    assert a.receive(*wire(echoed), now=T0) == Ack(out.id, "b", settled=True, settled_ids=(out.id,))
 
 
 def test_flamesdk_original_without_stream_is_delivered_on_arrival() -> None:
@@ -214,3 +214,17 @@ def test_late_copy_after_give_up_is_still_handed_over(floor_first: bool) -> None
         deliver(b, body)
     got = sorted(m.data["i"] for m in b.peek())
     assert got == [0, 1]
+
+
+def test_coalesced_ack_settles_every_message_it_names() -> None:
+    a, b = Router("a"), Router("b")
+    outs = [a.new_message(["b"], "k", {"i": i}, now=T0) for i in range(3)]
+    acks = [deliver(b, a.body_for(out, ["b"])).ack for out in outs]
+    merged = Router.merge_acks(acks)
+    assert merged["meta"]["id"] == outs[0].id  # still a flamesdk-shaped ack of the first
+    result = a.receive(*wire(merged), now=T0)
+    assert isinstance(result, Ack)
+    assert result.settled_ids == tuple(out.id for out in outs)
+    assert a.pending_count() == 3  # settled by acks, still tracked until settle()
+    for out in outs:
+        assert not out.pending
