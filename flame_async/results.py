@@ -13,15 +13,16 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import anyio
 import orjson
 from aiohttp import payload
+from aiohttp.abc import AbstractStreamWriter
 
 from . import codecs
 from ._transport import Transport
@@ -60,11 +61,34 @@ def _large(value: object) -> bool:
     return type(value).__module__.split(".")[0] in ("pandas", "torch", "numpy")
 
 
-async def _chunks(parts: tuple[bytes | memoryview, ...]) -> AsyncIterator[bytes | memoryview]:
-    for part in parts:
-        view = memoryview(part).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            yield view[start : start + _CHUNK]
+class _PartsPayload(payload.Payload):
+    """The encoded parts as an upload body of known size.
+
+    A known size lets the multipart body carry a Content-Length (no chunked framing, which would
+    copy every chunk); the parts are written as slices of their own memory.
+    """
+
+    def __init__(self, encoded: codecs.Encoded, filename: str) -> None:
+        super().__init__(encoded.parts, content_type=encoded.media_type, filename=filename)
+        self._parts = encoded.parts
+        self._size = encoded.size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """Not meaningful for binary parts; required by aiohttp's interface."""
+        return b"".join(self._parts).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        """Write every part in slices of at most 1 MiB."""
+        for part in self._parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), _CHUNK):
+                await writer.write(view[start : start + _CHUNK])
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        """Write the parts (the length is the whole size by construction)."""
+        await self.write(writer)
 
 
 def _multipart(
@@ -74,9 +98,7 @@ def _multipart(
     for name, value in fields.items():
         part = writer.append(value)
         part.set_content_disposition("form-data", name=name)
-    # memoryview chunks are written as they are (bytes-like); aiohttp's hint says bytes
-    chunks = cast("AsyncIterable[bytes]", _chunks(encoded.parts))
-    body = payload.AsyncIterablePayload(chunks, content_type=encoded.media_type)
+    body = _PartsPayload(encoded, filename)
     body.set_content_disposition("form-data", name="file", filename=filename)
     writer.append_payload(body)
     return writer

@@ -145,6 +145,8 @@ async def run_analysis(
     Cancellation:
         Cancels every node and stops the platform.
     """
+    if data is not None:
+        platform_options["data_dir"] = data
     async with LocalPlatform(
         nodes, aggregator=aggregator, out_dir=out_dir, **platform_options
     ) as platform:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import secrets
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -15,17 +19,20 @@ from types import TracebackType
 from typing import Literal, Self
 
 import aiohttp
+import anyio
 from yarl import URL
 
 from ..errors import FlameError, InvalidArgument
 from ._broker import BrokerService
 from ._core import PlatformCore
+from ._data import DataService, NodeData, load_data_folder
 from ._gateway import bind_socket, node_app, serve, shared_app
 from ._node import LocalNode
 from ._po import PodOrchestrator
 from ._proxy import AnalysisProxy
 from ._records import DeliveryEvent, LogRecord
 from ._service import NodeService
+from ._storage import StorageService
 from ._tasks import HostedTaskGroup
 from ._tokens import TokenIssuer
 
@@ -51,6 +58,7 @@ class _Running:
     core: PlatformCore
     broker: BrokerService
     po: PodOrchestrator
+    storage: StorageService
     shared_url: str
 
 
@@ -58,7 +66,8 @@ class LocalPlatform:
     """Every node service of a FLAME analysis, served over HTTP on one machine.
 
     Each node gets a gateway (standing in for its nginx sidecar) on an ephemeral port with the
-    message broker, the pod orchestrator's log intake and the ``/analysis`` ingress behind it;
+    message broker, the storage service, the hub-adapter data-store listing, the Kong data
+    proxy, the pod orchestrator's log intake and the ``/analysis`` ingress behind it;
     one more port routes to the right gateway by ``Host: nginx-{DEPLOYMENT_NAME}``, so a
     container can use it as ``HTTP_PROXY``. A status loop per node calls the node's API like
     the real pod orchestrator. Run each node's analysis with :attr:`LocalNode.env` as its
@@ -84,8 +93,16 @@ class LocalPlatform:
         webhook_retry_initial: First retry delay of webhook deliveries (1 s on the real
             broker); small values make retry tests fast.
         partner_status_grace: Passed to the nodes as ``FLAME_PARTNER_STATUS_GRACE``.
-        out_dir: Where run artefacts belong (used by run reports); nothing is written there
-            by the platform itself yet.
+        out_dir: Where run artefacts belong: final results go to
+            ``out_dir/final/{node_id}/{filename}``. When None they go to the platform's
+            temporary folder, which is removed on exit (read them inside ``async with``).
+        data_dir: The nodes' data: ``DIR/{node_id}/fhir/`` holds FHIR resources or Bundles
+            (``.json``, ``.ndjson``), ``DIR/{node_id}/s3/`` any files (sub-folders are key
+            prefixes). Read when the platform starts; no node has data sources when None.
+        state_dir: Where local objects and tags (``PUT /storage/local``) persist across runs,
+            per project and node; ``$XDG_CACHE_HOME/flame-async/state`` (default
+            ``~/.cache/flame-async/state``) when None. Nothing is written before the first
+            local upload.
 
     Raises:
         InvalidArgument: An id or option is invalid (raised by the constructor).
@@ -105,6 +122,8 @@ class LocalPlatform:
         webhook_retry_initial: float = 1.0,
         partner_status_grace: float = 5.0,
         out_dir: Path | None = None,
+        data_dir: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._node_ids = _node_ids(nodes)
         if aggregator is None:
@@ -132,6 +151,8 @@ class LocalPlatform:
         self._webhook_retry_initial = float(webhook_retry_initial)
         self._partner_status_grace = float(partner_status_grace)
         self.out_dir = out_dir
+        self._data_dir = data_dir
+        self._state_dir = state_dir if state_dir is not None else _default_state_dir()
         self._phase: Literal["new", "running", "closed"] = "new"
         self._stack: AsyncExitStack | None = None
         self._running: _Running | None = None
@@ -149,6 +170,7 @@ class LocalPlatform:
 
         Raises:
             PlatformStateError: The platform was entered before.
+            DataFolderError: ``data_dir`` is missing or holds a file that cannot be served.
             OSError: A port could not be bound (e.g. ``shared_port`` is taken).
 
         Cancellation: whatever had started is shut down again before the cancellation goes on.
@@ -185,6 +207,18 @@ class LocalPlatform:
             await stack.aclose()
 
     async def _start(self, stack: AsyncExitStack) -> _Running:
+        data: dict[str, NodeData] = {}
+        if self._data_dir is not None:
+            data = await anyio.to_thread.run_sync(load_data_folder, self._data_dir, self._node_ids)
+        # intermediate objects, and final results without an out_dir; removed on exit
+        work_dir = Path(
+            await anyio.to_thread.run_sync(
+                functools.partial(tempfile.mkdtemp, prefix="flame-async-")
+            )
+        )
+        stack.push_async_callback(
+            anyio.to_thread.run_sync, functools.partial(shutil.rmtree, work_dir, ignore_errors=True)
+        )
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS),
@@ -221,7 +255,19 @@ class LocalPlatform:
         )
         broker = BrokerService(core, retry_initial=self._webhook_retry_initial)
         po = PodOrchestrator(core, interval=self._po_interval)
-        services: list[NodeService] = [broker, po, AnalysisProxy(core)]
+        storage = StorageService(
+            core,
+            work_dir=work_dir,
+            final_dir=(self.out_dir or work_dir) / "final",
+            state_dir=self._state_dir,
+        )
+        services: list[NodeService] = [
+            broker,
+            po,
+            AnalysisProxy(core),
+            storage,
+            DataService(core, data),
+        ]
         for node, sock in zip(nodes, gateway_sockets, strict=True):
             await serve(node_app(node, services), sock, stack)
         await serve(shared_app(nodes, services), shared_socket, stack)
@@ -235,7 +281,7 @@ class LocalPlatform:
             ", ".join(f"{n.node_id}={n.gateway_url}" for n in nodes),
             shared_url,
         )
-        return _Running(nodes, core, broker, po, shared_url)
+        return _Running(nodes, core, broker, po, storage, shared_url)
 
     def _make_node(
         self, node_id: str, issuer: TokenIssuer, gateway_port: int, api_port: int
@@ -285,6 +331,16 @@ class LocalPlatform:
     def aggregator_id(self) -> str:
         """The aggregator's node id."""
         return self._aggregator_id
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The folder the nodes' data sources come from, if any."""
+        return self._data_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder where local objects and tags persist across runs."""
+        return self._state_dir
 
     # -- once entered (and still after exit) ---------------------------------------------------
 
@@ -380,6 +436,18 @@ class LocalPlatform:
         """
         return self._run.po.health(node_id)
 
+    def final_results(self, node_id: str | None = None) -> list[Path]:
+        """The final results written so far (``PUT /storage/final``), oldest first.
+
+        Args:
+            node_id: Only this node's results; every node's when None.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            KeyError: There is no such node.
+        """
+        return self._run.storage.final_results(node_id)
+
     def token(self, node_id: str) -> str:
         """The node's current token: the one in its env, or the last refresh the PO sent.
 
@@ -422,6 +490,12 @@ def _checked_id(name: str, value: str | None) -> str:
     if not _ID.fullmatch(value):
         raise InvalidArgument(f"{name}={value!r} may contain only letters, digits, '.', '_', '-'")
     return value
+
+
+def _default_state_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "flame-async" / "state"
 
 
 def _free_ports(host: str, count: int) -> list[int]:

@@ -65,17 +65,22 @@ def detail_response(status: int, detail: str) -> web.Response:
     return json_response({"detail": detail}, status=status)
 
 
-def bearer_auth(issuer: TokenIssuer, analysis_id: str) -> Middleware:
+def bearer_auth(
+    issuer: TokenIssuer, analysis_id: str, *, rejected: tuple[int, str] | None = None
+) -> Middleware:
     """Middleware that admits only requests with a valid token of this analysis.
 
     The token must verify with ``issuer`` and its ``client_id`` claim must equal
     ``analysis_id`` (the real nginx pins the analysis, the real services check the token). The
-    claims are stored under :data:`CLAIMS` on the request. Other requests get 401 with a JSON
-    ``detail``.
+    claims are stored under :data:`CLAIMS` on the request. A request without a bearer token
+    gets 401 ``{"detail": "Not authenticated"}``, one with a bad token ``rejected``.
 
     Args:
         issuer: Verifies the tokens.
         analysis_id: The only analysis the tokens may be for.
+        rejected: Status and ``detail`` for a token that does not verify or is for another
+            analysis (the storage service answers 403 ``JWT is malformed``); by default 401
+            with the reason.
     """
 
     @web.middleware
@@ -87,9 +92,9 @@ def bearer_auth(issuer: TokenIssuer, analysis_id: str) -> Middleware:
         try:
             claims = issuer.verify(token.strip())
         except InvalidToken as exc:
-            return detail_response(401, f"invalid token: {exc}")
+            return detail_response(*rejected or (401, f"invalid token: {exc}"))
         if claims.get("client_id") != analysis_id:
-            return detail_response(401, "the token is not for this analysis")
+            return detail_response(*rejected or (401, "the token is not for this analysis"))
         request[CLAIMS] = claims
         return await handler(request)
 

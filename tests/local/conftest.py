@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,10 +22,13 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 @pytest.fixture
-def start_platform(stack: AsyncExitStack) -> Callable[..., Awaitable[LocalPlatform]]:
+def start_platform(
+    stack: AsyncExitStack, tmp_path: Path
+) -> Callable[..., Awaitable[LocalPlatform]]:
     async def start(nodes: Any = 3, **options: Any) -> LocalPlatform:
         options.setdefault("webhook_retry_initial", 0.001)
         options.setdefault("po_interval", 3600.0)  # status loop off unless a test wants it
+        options.setdefault("state_dir", tmp_path / "state")  # never the user's cache
         return await stack.enter_async_context(LocalPlatform(nodes, **options))
 
     return start

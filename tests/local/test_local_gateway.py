@@ -5,9 +5,11 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from flame_async.local import LocalPlatform
+from flame_async.local._gateway import node_app
 from flame_async.local._tokens import TokenIssuer
 
 from .helpers import eventually
@@ -23,12 +25,23 @@ async def test_healthz_is_answered_by_the_gateway(platform: LocalPlatform, http)
 @pytest.mark.parametrize(
     "path", ["/storage/final", "/storage", "/hub-adapter/kong/datastore/x", "/kong/s/fhir/Patient"]
 )
-async def test_services_not_emulated_yet_answer_501(
+async def test_nginx_prefixes_no_service_claims_answer_501(
     platform: LocalPlatform, http, path: str
 ) -> None:
-    async with http.put(platform.node("node-1").gateway_url + path, data=b"x") as response:
+    async with (
+        TestServer(node_app(platform.node("node-1"), [])) as server,
+        http.put(server.make_url(path), data=b"x") as response,
+    ):
         assert response.status == 501
         assert "not emulated" in (await response.json())["detail"]
+
+
+@pytest.mark.parametrize("path", ["/storage/final", "/hub-adapter/kong/datastore/x", "/kong/s/s3"])
+async def test_every_nginx_prefix_is_served_by_the_platform(
+    platform: LocalPlatform, http, path: str
+) -> None:
+    async with http.get(platform.node("node-1").gateway_url + path) as response:
+        assert response.status != 501
 
 
 @pytest.mark.parametrize("route", ["/message-broker/analyses/{A}/participants", "/po/stream_logs"])

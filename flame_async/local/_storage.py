@@ -1,0 +1,461 @@
+"""The storage service (PROTOCOL.md §3.2, the current node-storage-service) behind every gateway.
+
+nginx forwards ``/storage/(final|local|intermediate)…`` with the ``/storage`` prefix stripped,
+so URLs in answers are built from the request's ``Host`` and the service-local path, exactly
+like the real service. Every route needs a bearer token of the analysis (401 ``Not
+authenticated`` without one, 403 ``JWT is malformed`` for a bad one); the node is the one whose
+gateway was called. Errors are FastAPI-style ``{"detail": ...}``.
+
+* ``PUT /final`` writes the file to ``{final_dir}/{node_id}/{filename}`` (a later upload with
+  the same filename replaces it, like a bucket). ``PUT /final/localdp`` adds Laplace noise with
+  scale ``sensitivity / epsilon`` to the uploaded number and stores it as text.
+* ``PUT /intermediate`` keeps the file for one receiver in the platform's temporary folder;
+  ``GET /intermediate/{id}?remote_node_id={uploader}`` hands it to that receiver once, then
+  deletes it. A read the client does not take in full leaves the object in place.
+  A refused read (wrong receiver or sender: 400, as when the real service cannot decrypt)
+  does not consume the object; ``HEAD`` is not offered, so nothing but a full read does.
+* ``/local…`` stores objects and tags in the state folder per project and node, since every
+  real node has its own object store and storage database (:mod:`._localstore`).
+
+Uploads stream to disk part by part and downloads stream from disk, so memory stays flat
+whatever the size.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import orjson
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from yarl import URL
+
+from ._core import PlatformCore
+from ._localstore import LocalStore, TagError, check_tag
+from ._node import LocalNode
+from ._service import bearer_auth, json_response
+
+__all__ = ["StorageService", "laplace_noise"]
+
+_CHUNK: Final = 1 << 20  # bytes per disk write
+_FIELD_LIMIT: Final = 64 * 1024
+_NUMBER_LIMIT: Final = 1024
+_OCTET_STREAM: Final = "application/octet-stream"
+_FALLBACK_FILENAME: Final = "result.bin"
+_MAX_FILENAME: Final = 200
+
+
+def laplace_noise(rng: random.Random, scale: float) -> float:
+    """A sample of the Laplace distribution with mean 0 and ``scale`` (``b``).
+
+    The difference of two independent exponential samples with mean ``b`` is Laplace(0, b).
+
+    Args:
+        rng: The source of randomness (the service uses a :class:`secrets.SystemRandom`).
+        scale: ``b`` > 0.
+    """
+    rate = 1.0 / scale
+    return rng.expovariate(rate) - rng.expovariate(rate)
+
+
+def _error(cls: type[web.HTTPError], detail: Any) -> web.HTTPError:
+    return cls(text=orjson.dumps({"detail": detail}).decode(), content_type="application/json")
+
+
+def _unprocessable(where: str, name: str, kind: str, message: str, value: Any) -> web.HTTPError:
+    """422 as FastAPI words it: ``{"detail": [{"type", "loc", "msg", "input"}]}``."""
+    detail = [{"type": kind, "loc": [where, name], "msg": message, "input": value}]
+    return _error(web.HTTPUnprocessableEntity, detail)
+
+
+def _missing(where: str, name: str) -> web.HTTPError:
+    return _unprocessable(where, name, "missing", "Field required", None)
+
+
+def _object_id(value: str, where: str = "path", name: str = "object_id") -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _unprocessable(
+            where, name, "uuid_parsing", "Input should be a valid UUID", value
+        ) from None
+
+
+def _positive(fields: dict[str, str], name: str) -> float:
+    if (raw := fields.get(name)) is None:
+        raise _missing("body", name)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _unprocessable(
+            "body", name, "float_parsing", "Input should be a valid number", raw
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise _unprocessable("body", name, "greater_than", "Input should be greater than 0", raw)
+    return value
+
+
+def _url(request: web.Request, path: str, **query: str) -> str:
+    return str(
+        URL.build(scheme=request.scheme, authority=request.host, path=path, query=query or None)
+    )
+
+
+def _safe_filename(name: str | None) -> str:
+    """The last path component of ``name`` without control characters or leading dots."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
+    return base[:_MAX_FILENAME] or _FALLBACK_FILENAME
+
+
+@dataclass(slots=True)
+class _Upload:
+    path: Path  # a temporary file next to where the object will live
+    filename: str | None
+    content_type: str
+    size: int
+
+
+@dataclass(slots=True)
+class _Form:
+    fields: dict[str, str]
+    upload: _Upload | None
+
+    def file(self) -> _Upload:
+        if self.upload is None:
+            raise _missing("body", "file")
+        return self.upload
+
+    def discard(self) -> None:
+        """Remove the upload's temporary file unless it was moved to its place."""
+        if self.upload is not None:
+            self.upload.path.unlink(missing_ok=True)
+
+
+async def _receive(request: web.Request, directory: Path) -> _Form:
+    """Read a multipart form, streaming the part ``file`` into ``directory``.
+
+    Raises:
+        web.HTTPError: The body is not a multipart form (422) or malformed (400).
+
+    Cancellation: the partial upload is removed.
+    """
+    if not request.content_type.startswith("multipart/"):
+        raise _missing("body", "file")
+    form = _Form({}, None)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                await part.release()  # a nested multipart body: no field of ours
+            elif part.name == "file" and form.upload is None:
+                form.upload = await _save(part, directory)
+            elif part.name and part.filename is None:
+                form.fields[part.name] = await _read_field(part)
+            else:
+                await part.release()
+    except ValueError as exc:  # aiohttp's word for a malformed multipart body
+        form.discard()
+        raise _error(web.HTTPBadRequest, f"the multipart body is malformed: {exc}") from exc
+    except BaseException:
+        form.discard()
+        raise
+    return form
+
+
+async def _save(part: BodyPartReader, directory: Path) -> _Upload:
+    path = directory / f".{uuid.uuid4().hex}.part"
+    size = 0
+    try:
+        async with await anyio.open_file(path, "xb") as file:
+            pending: list[bytes] = []
+            pending_size = 0
+            while chunk := await part.read_chunk(_CHUNK):
+                pending.append(bytes(part.decode(chunk)))
+                pending_size += len(pending[-1])
+                if pending_size >= _CHUNK:
+                    await file.write(b"".join(pending))
+                    size, pending, pending_size = size + pending_size, [], 0
+            if pending:
+                await file.write(b"".join(pending))
+                size += pending_size
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    content_type = part.headers.get(hdrs.CONTENT_TYPE, _OCTET_STREAM)
+    return _Upload(path, part.filename, content_type, size)
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_FIELD_LIMIT):
+        data += part.decode(chunk)
+        if len(data) > _FIELD_LIMIT:
+            raise _error(web.HTTPBadRequest, f"the form field {part.name} is too large")
+    try:
+        return data.decode(part.get_charset(default="utf-8"))
+    except (UnicodeDecodeError, LookupError):
+        raise _error(web.HTTPBadRequest, f"the form field {part.name} is not text") from None
+
+
+def _read_number(path: Path) -> float | None:
+    if path.stat().st_size > _NUMBER_LIMIT:
+        return None
+    try:
+        value = float(path.read_bytes().decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _write_text(path: Path, text: str, target: Path) -> None:
+    path.write_text(text, encoding="utf-8")
+    path.replace(target)
+
+
+class _HandOver(web.FileResponse):
+    """Sends a file, then deletes it; calls ``restore`` instead if sending fails."""
+
+    def __init__(self, path: Path, *, restore: Callable[[], object]) -> None:
+        super().__init__(path, headers={hdrs.CONTENT_TYPE: _OCTET_STREAM})
+        self._file = path
+        self._restore = restore
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            writer = await super().prepare(request)  # sends the whole file
+        except BaseException:
+            self._restore()
+            raise
+        await anyio.Path(self._file).unlink(missing_ok=True)
+        return writer
+
+
+@dataclass(frozen=True, slots=True)
+class _Intermediate:
+    path: Path
+    uploader: str
+    receiver: str
+
+
+class StorageService:
+    """The storage service of every node.
+
+    Args:
+        core: The running platform.
+        work_dir: The platform's temporary folder; intermediate objects live in
+            ``work_dir/intermediate``.
+        final_dir: Final results go to ``final_dir/{node_id}/``.
+        state_dir: Root of the persistent local storage (see :mod:`._localstore`).
+    """
+
+    prefixes = ("/storage",)
+
+    def __init__(
+        self, core: PlatformCore, *, work_dir: Path, final_dir: Path, state_dir: Path
+    ) -> None:
+        self._core = core
+        self._intermediate_dir = work_dir / "intermediate"
+        self._final_dir = final_dir
+        project = state_dir / "projects" / core.project_id / "nodes"
+        self._local = {node_id: LocalStore(project / node_id) for node_id in core.nodes}
+        self._intermediates: dict[str, _Intermediate] = {}
+        self._finals: dict[Path, str] = {}  # file -> node id, in writing order
+        self._rng = secrets.SystemRandom()
+
+    def final_results(self, node_id: str | None = None) -> list[Path]:
+        """The files written by ``PUT /final`` (of ``node_id``, or of every node), oldest first.
+
+        Raises:
+            KeyError: There is no such node.
+        """
+        if node_id is not None and node_id not in self._core.nodes:
+            raise KeyError(node_id)
+        return [path for path, owner in self._finals.items() if node_id in (None, owner)]
+
+    def mount(self, app: web.Application, node: LocalNode) -> None:
+        """Serve the storage routes of ``node`` under ``/storage``."""
+        api = _NodeStorage(self, node)
+        storage = web.Application(
+            middlewares=[
+                bearer_auth(
+                    self._core.issuer, self._core.analysis_id, rejected=(403, "JWT is malformed")
+                )
+            ]
+        )
+        storage.router.add_put("/final", api.put_final)
+        storage.router.add_put("/final/localdp", api.put_final_localdp)
+        storage.router.add_put("/intermediate", api.put_intermediate)
+        storage.router.add_get("/intermediate/{object_id}", api.get_intermediate, allow_head=False)
+        storage.router.add_put("/local", api.put_local)
+        storage.router.add_get("/local/tags", api.get_tags)
+        storage.router.add_post("/local/tags", api.post_tag)
+        storage.router.add_get("/local/tags/{tag}", api.get_tagged)
+        storage.router.add_get("/local/{object_id}", api.get_local)
+        app.add_subapp("/storage", storage)
+
+
+class _NodeStorage:
+    """The storage routes as one node sees them."""
+
+    __slots__ = ("_local", "_node_id", "_nodes", "_service")
+
+    def __init__(self, service: StorageService, node: LocalNode) -> None:
+        self._service = service
+        self._node_id = node.node_id
+        self._nodes = service._core.nodes
+        self._local = service._local[node.node_id]
+
+    # -- final -----------------------------------------------------------------------------
+
+    async def _final_form(self, request: web.Request) -> tuple[_Form, Path]:
+        directory = self._service._final_dir / self._node_id
+        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        return await _receive(request, directory), directory
+
+    async def put_final(self, request: web.Request) -> web.Response:
+        form, directory = await self._final_form(request)
+        try:
+            upload = form.file()
+            target = directory / _safe_filename(upload.filename)
+            await anyio.Path(upload.path).replace(target)
+        finally:
+            form.discard()
+        self._service._finals[target] = self._node_id
+        return web.Response(status=204)
+
+    async def put_final_localdp(self, request: web.Request) -> web.Response:
+        form, directory = await self._final_form(request)
+        try:
+            upload = form.file()
+            epsilon = _positive(form.fields, "epsilon")
+            sensitivity = _positive(form.fields, "sensitivity")
+            value = await anyio.to_thread.run_sync(_read_number, upload.path)
+            if value is None:
+                raise _error(web.HTTPBadRequest, "The uploaded file does not contain a number")
+            noisy = value + laplace_noise(self._service._rng, sensitivity / epsilon)
+            target = directory / _safe_filename(upload.filename)
+            await anyio.to_thread.run_sync(_write_text, upload.path, repr(noisy), target)
+        finally:
+            form.discard()
+        self._service._finals[target] = self._node_id
+        return web.Response(status=204)
+
+    # -- intermediate ----------------------------------------------------------------------
+
+    async def put_intermediate(self, request: web.Request) -> web.Response:
+        directory = self._service._intermediate_dir
+        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        form = await _receive(request, directory)
+        try:
+            upload = form.file()
+            receiver = form.fields.get("remote_node_id")
+            if receiver is None:
+                raise _missing("body", "remote_node_id")
+            if receiver not in self._nodes:
+                raise _error(web.HTTPNotFound, f"Remote node with ID {receiver} does not exist.")
+            object_id = str(uuid.uuid4())
+            path = directory / object_id
+            await anyio.Path(upload.path).replace(path)
+        finally:
+            form.discard()
+        self._service._intermediates[object_id] = _Intermediate(path, self._node_id, receiver)
+        url = _url(request, f"/intermediate/{object_id}", remote_node_id=self._node_id)
+        return json_response({"url": url, "object_id": object_id})
+
+    async def get_intermediate(self, request: web.Request) -> web.StreamResponse:
+        """Hand the object to its receiver once.
+
+        Cancellation: an object not sent in full stays for another read.
+        """
+        object_id = _object_id(request.match_info["object_id"])
+        sender = request.query.get("remote_node_id")
+        if sender is None:
+            raise _missing("query", "remote_node_id")
+        objects = self._service._intermediates
+        found = objects.get(object_id)
+        if found is None:
+            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist")
+        if sender not in self._nodes:
+            raise _error(web.HTTPNotFound, f"Remote node with ID {sender} does not exist.")
+        if sender != found.uploader or self._node_id != found.receiver:
+            raise _error(
+                web.HTTPBadRequest,
+                f"Failed to decrypt file with ID {object_id} which was encrypted by node {sender}.",
+            )
+        del objects[object_id]  # taken: a concurrent second read gets 404
+        return _HandOver(found.path, restore=lambda: objects.setdefault(object_id, found))
+
+    # -- local -----------------------------------------------------------------------------
+
+    async def put_local(self, request: web.Request) -> web.Response:
+        form = await _receive(request, await self._local.objects_dir())
+        try:
+            upload = form.file()
+            tag = form.fields.get("tag")
+            if tag is not None:
+                _checked_tag(tag)
+            object_id = await self._local.add(
+                upload.path,
+                content_type=upload.content_type,
+                size=upload.size,
+                tag=tag,
+                filename=upload.filename,
+            )
+        finally:
+            form.discard()
+        url = _url(request, f"/local/{object_id}")
+        return json_response({"url": url, "object_id": object_id})
+
+    async def get_local(self, request: web.Request) -> web.StreamResponse:
+        object_id = _object_id(request.match_info["object_id"])
+        found = await self._local.get(object_id)
+        if found is None:
+            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist")
+        record, path = found
+        return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: record.content_type})
+
+    async def get_tags(self, request: web.Request) -> web.Response:
+        tags = [
+            {"name": tag, "url": _url(request, f"/local/tags/{tag}")}
+            for tag in await self._local.tags()
+        ]
+        return json_response({"tags": tags})
+
+    async def get_tagged(self, request: web.Request) -> web.Response:
+        results = [
+            {"filename": filename, "url": _url(request, f"/local/{object_id}")}
+            for filename, object_id in await self._local.tagged(request.match_info["tag"])
+        ]
+        return json_response({"results": results})
+
+    async def post_tag(self, request: web.Request) -> web.Response:
+        query = request.query
+        tag = query.get("tag_name")
+        if tag is None:
+            raise _missing("query", "tag_name")
+        if (raw_id := query.get("object_id")) is None:
+            raise _missing("query", "object_id")
+        object_id = _object_id(raw_id, "query")
+        try:
+            filename = await self._local.tag(object_id, tag, query.get("filename"))
+        except KeyError:
+            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist") from None
+        except TagError as exc:
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        return json_response({"filename": filename, "url": _url(request, f"/local/{object_id}")})
+
+
+def _checked_tag(tag: str) -> None:
+    try:
+        check_tag(tag)
+    except TagError as exc:
+        raise _error(web.HTTPBadRequest, str(exc)) from None
