@@ -27,7 +27,7 @@ async def main() -> int:
             if missing:
                 raise RuntimeError(f"no value from {', '.join(missing)}")
             total = local_value(flame.node_id) + sum(
-                m.data["value"] for m in answers.values() if m is not None
+                int(m.data["value"]) for m in answers.values() if m is not None
             )
             flame.logger.info("federated total: %d", total)
             await flame.analysis_finished()

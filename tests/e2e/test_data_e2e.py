@@ -128,5 +128,5 @@ async def test_service_errors_map_to_specific_errors() -> None:
             assert r.status == 200
         with pytest.raises(AuthenticationError, match="broker answered 401"):
             await a.send_message(b.node_id, {}, category="x", timeout=2)
-        with pytest.raises(AuthenticationError, match="storage answered 403.*JWT is malformed"):
+        with pytest.raises(AuthenticationError, match=r"storage answered 403.*JWT is malformed"):
             await a.save_intermediate_result_local(1)
