@@ -52,6 +52,8 @@ class NodeApi:
         on_webhook: Where validated webhook messages go; returns a rejection reason or None.
         on_partner_status: Told about every partner status push after it was applied.
         max_body: Largest request body accepted, in bytes.
+        waiting_for: Reports current waits; ``/healthz`` adds them as ``waiting_for`` (an
+            extra field the platform's PO ignores; the local runner shows it).
     """
 
     def __init__(
@@ -62,12 +64,14 @@ class NodeApi:
         on_webhook: WebhookSink,
         on_partner_status: PartnerSink,
         max_body: int,
+        waiting_for: Callable[[], list[str]] | None = None,
     ) -> None:
         self._tokens = tokens
         self._status = status
         self._on_webhook = on_webhook
         self._on_partner_status = on_partner_status
         self._max_body = max_body
+        self._waiting_for = waiting_for
         self.rejected: collections.Counter[str] = collections.Counter()
         self.accepted = 0
         self.port: int | None = None
@@ -191,12 +195,13 @@ class NodeApi:
         return _json_response(None)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return _json_response(
-            {
-                "status": self._status.status.value,
-                "token_remaining_time": self._tokens.remaining_seconds(),
-            }
-        )
+        body: dict[str, Any] = {
+            "status": self._status.status.value,
+            "token_remaining_time": self._tokens.remaining_seconds(),
+        }
+        if self._waiting_for is not None:
+            body["waiting_for"] = self._waiting_for()
+        return _json_response(body)
 
     async def _token_refresh(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)

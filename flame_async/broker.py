@@ -54,7 +54,13 @@ def _now() -> datetime:
 @dataclasses.dataclass(eq=False, slots=True)
 class _Waiter:
     senders: frozenset[str] | None
+    category: str | None = None
     event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def describe(self) -> str:
+        who = ", ".join(sorted(self.senders)) if self.senders is not None else "any node"
+        what = f"a {self.category!r} message" if self.category else "a message"
+        return f"{what} from {who}"
 
 
 async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -101,11 +107,13 @@ class BrokerService:
         self._waiters: set[_Waiter] = set()
         self._ack_events: dict[str, asyncio.Event] = {}
         self._ack_queues: dict[str, list[dict[str, Any]]] = {}
+        self._sending: dict[str, Outgoing] = {}
         self._handlers: dict[str, Handler] = {}
         self._closed: dict[str, PeerFailed] = {}
         self._closed_all: PeerFailed | None = None
         self.subscription_id: str | None = None
         self.finished = anyio.Event()
+        self._finish_waiters = 0
         """Set when a peer announced ``analysis_finished``."""
         self.node_id = ""
         self.role = NodeRole.UNKNOWN
@@ -287,6 +295,18 @@ class BrokerService:
             expect=(200, 201, 202),
         )
 
+    def waiting_for(self) -> list[str]:
+        """What this node is waiting for right now, one line per wait (for diagnostics)."""
+        waits = [w.describe() for w in self._waiters]
+        waits.extend(
+            f"acknowledgement of its {out.category!r} message from {', '.join(sorted(out.pending))}"
+            for out in self._sending.values()
+            if out.pending
+        )
+        if not self.finished.is_set() and self._finish_waiters:
+            waits.append("the end of the analysis (wait_until_finished)")
+        return sorted(waits)
+
     # ---------------------------------------------------------- peer status
 
     def close_peer(self, node_id: str, status: str, reason: str = "") -> None:
@@ -389,6 +409,7 @@ class BrokerService:
         )
         self.messages_out += 1
         event = self._ack_events[out.id] = asyncio.Event()
+        self._sending[out.id] = out
         posted = False
         last_error: TransportError | None = None
         try:
@@ -409,6 +430,7 @@ class BrokerService:
                 raise
         finally:
             self._ack_events.pop(out.id, None)
+            self._sending.pop(out.id, None)
             router.settle(out)
         if not posted and last_error is not None:
             raise last_error
@@ -434,7 +456,10 @@ class BrokerService:
         return lambda m: m.category == category and predicate(m)
 
     async def _wait_one(
-        self, senders: frozenset[str] | None, match: Callable[[Message], bool] | None
+        self,
+        senders: frozenset[str] | None,
+        match: Callable[[Message], bool] | None,
+        category: str | None = None,
     ) -> Message:
         router = self.router
         while True:
@@ -442,10 +467,12 @@ class BrokerService:
             if message is not None:
                 return message
             self._check_closed(senders)
-            await self._sleep_until_news(senders)
+            await self._sleep_until_news(senders, category)
 
-    async def _sleep_until_news(self, senders: frozenset[str] | None) -> None:
-        waiter = _Waiter(senders)
+    async def _sleep_until_news(
+        self, senders: frozenset[str] | None, category: str | None = None
+    ) -> None:
+        waiter = _Waiter(senders, category)
         self._waiters.add(waiter)
         try:
             await waiter.event.wait()
@@ -500,7 +527,7 @@ class BrokerService:
         match = self._matcher(category, predicate)
         try:
             async with asyncio.timeout(timeout) as scope:
-                return await self._wait_one(senders, match)
+                return await self._wait_one(senders, match, category)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -539,7 +566,7 @@ class BrokerService:
                         self._drop_ended(remaining)
                     if not remaining:
                         break
-                    await self._sleep_until_news(frozenset(remaining))
+                    await self._sleep_until_news(frozenset(remaining), category)
             handed_over = True
         finally:
             if not handed_over:
@@ -568,7 +595,7 @@ class BrokerService:
         while True:
             try:
                 with anyio.fail_after(idle_timeout if idle_timeout is not None else float("inf")):
-                    message = await self._wait_one(names, match)
+                    message = await self._wait_one(names, match, category)
             except (TimeoutError, PeerFailed):
                 return
             yield message

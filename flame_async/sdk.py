@@ -161,6 +161,7 @@ class FlameSDK:
             on_webhook=broker.on_webhook,
             on_partner_status=self._on_partner_status,
             max_body=config.max_api_body_bytes,
+            waiting_for=broker.waiting_for,
         )
         await tg.start(api.serve, config.api_host, config.api_port)
         self.status.started(time.monotonic())
@@ -177,6 +178,8 @@ class FlameSDK:
         self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
         if self._ship_logs:
             self.logger.addHandler(self.log_handler)
+            if self.logger.level == logging.NOTSET:  # else INFO is dropped under root's WARNING
+                self.logger.setLevel(self._log_level)
         self.status.set_status(RunStatus.EXECUTING)
         log.debug(
             "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
@@ -525,10 +528,18 @@ class FlameSDK:
             Safe; nothing is consumed.
         """
         broker = self._require()
-        with anyio.move_on_after(timeout):
-            await broker.finished.wait()
-            return
+        broker._finish_waiters += 1
+        try:
+            with anyio.move_on_after(timeout):
+                await broker.finished.wait()
+                return
+        finally:
+            broker._finish_waiters -= 1
         raise MessageTimeout([], category="analysis_finished", timeout=timeout)
+
+    def waiting_for(self) -> list[str]:
+        """What this node is waiting for right now (also reported on ``/healthz``)."""
+        return self._broker.waiting_for() if self._broker is not None else []
 
     # -------------------------------------------------------------- results
 

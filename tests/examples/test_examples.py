@@ -7,6 +7,7 @@ raw files in ``examples/data`` (which the test may read; the analyses may not).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -182,6 +183,37 @@ async def test_fhir_mean_histogram_equals_the_pooled_statistics(tmp_path: Path) 
         assert result[node].result == {"count": len(per_node[node])}
 
 
+def test_fhir_summary_skips_unusable_observations_and_lists_suppressed_nodes() -> None:
+    example = load_module("fhir_mean_histogram.py")
+    weight = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "valueQuantity": {"value": 81.5, "unit": "kg", "code": "kg"},
+    }
+    assert example.usable_weight(weight) == 81.5
+    assert example.usable_weight({**weight, "status": "entered-in-error"}) is None
+    assert (
+        example.usable_weight({**weight, "valueQuantity": {"value": 180, "code": "[lb_av]"}})
+        is None
+    )
+    assert example.usable_weight({**weight, "code": {"coding": [{"code": "8302-2"}]}}) is None
+
+    summary = example.Summary()
+    for value in (20.0, 30.0, 39.9, 40.0, 159.9, 160.0):
+        summary.add(value)
+    assert (summary.below, summary.above) == (1, 1)
+    assert summary.bins[0] == 2
+    assert summary.bins[1] == 1
+    assert summary.bins[-1] == 1
+    result = example.final_result(
+        {"a": example.Summary.from_message(summary.to_message()), "b": example.Summary()}
+    )
+    assert result["count"] == 6
+    assert result["suppressed_nodes"] == ["b"]
+    assert result["count_per_node"] == {"a": 6, "b": 0}
+
+
 def centralised_fit(x: np.ndarray, y: np.ndarray, steps: int = 3000) -> np.ndarray:
     """Plain gradient descent on the pooled rows: the optimum FedAvg should approach."""
     w = np.zeros(x.shape[1])
@@ -234,10 +266,17 @@ async def test_fedavg_logreg_learns_the_pooled_model(tmp_path: Path) -> None:
             assert result[node].result["samples"] == sum(1 for _ in csv.DictReader(file))
 
 
-@pytest.mark.slow
-async def test_fedavg_logreg_logs_each_round_and_reports_progress_to_the_po() -> None:
-    # run_analysis does not expose the platform's records, so run the nodes the way it does
-    main = load_main(EXAMPLES / "fedavg_logreg.py")
+@dataclasses.dataclass
+class PoRecords:
+    logs: dict[str, list[str]]
+    progress: dict[str, int]
+    status: dict[str, str | None]
+
+
+async def run_recording_the_po(name: str) -> PoRecords:
+    """Run an example the way run_analysis does, keeping what the PO received (which
+    RunResult does not expose)."""
+    main = load_main(EXAMPLES / name)
     async with LocalPlatform(3, data_dir=DATA) as platform:
 
         async def run_node(env: dict[str, str]) -> None:
@@ -248,12 +287,30 @@ async def test_fedavg_logreg_logs_each_round_and_reports_progress_to_the_po() ->
             async with anyio.create_task_group() as tg:
                 for node in platform.nodes:
                     tg.start_soon(run_node, dict(node.env))
-        lines = [record.log for record in platform.logs(AGGREGATOR)]
-        for number in range(1, 6):
-            assert any(line.startswith(f"round {number}/5: loss ") for line in lines), lines
-        assert any(line.startswith("final model: loss ") for line in lines), lines
-        assert [platform.progress(node) for node in NODES] == [100, 100, 100]
-        assert [platform.status(node) for node in NODES] == ["executed"] * 3
+        return PoRecords(
+            logs={node: [r.log for r in platform.logs(node)] for node in NODES},
+            progress={node: platform.progress(node) for node in NODES},
+            status={node: platform.status(node) for node in NODES},
+        )
+
+
+@pytest.mark.slow
+async def test_fedavg_logreg_reports_progress_and_status_to_the_po() -> None:
+    records = await run_recording_the_po("fedavg_logreg.py")
+    assert records.progress == dict.fromkeys(NODES, 100)
+    assert records.status == dict.fromkeys(NODES, "executed")
+    # progress advanced round by round, not in one jump at the end
+    steps = [line for line in records.logs[AGGREGATOR] if line.startswith("progress ")]
+    assert len(steps) >= 5, records.logs[AGGREGATOR]
+
+
+@pytest.mark.slow
+async def test_fedavg_logreg_ships_each_rounds_loss_to_the_po() -> None:
+    records = await run_recording_the_po("fedavg_logreg.py")
+    lines = records.logs[AGGREGATOR]
+    for number in range(1, 6):
+        assert any(line.startswith(f"round {number}/5: loss ") for line in lines), lines
+    assert any(line.startswith("final model: loss ") for line in lines), lines
 
 
 @pytest.mark.slow
