@@ -105,7 +105,8 @@ def through_platform(mib: int) -> dict[str, float]:
         text=True,
     )
     try:
-        assert platform.stdout is not None and platform.stdin is not None
+        assert platform.stdout is not None
+        assert platform.stdin is not None
         envs = json.loads(platform.stdout.readline())
         procs = {
             role: subprocess.Popen(

@@ -113,6 +113,8 @@ class BrokerService:
         self._closed_all: PeerFailed | None = None
         self.subscription_id: str | None = None
         self.finished = anyio.Event()
+        self.ended = anyio.Event()
+        """Set when the analysis finished or a peer failed: waiting for the end is over."""
         self._finish_waiters = 0
         """Set when a peer announced ``analysis_finished``."""
         self.node_id = ""
@@ -247,6 +249,7 @@ class BrokerService:
             return
         if category == Category.ANALYSIS_FINISHED:
             self.finished.set()
+            self.ended.set()
             self.close_peer(message.sender, "executed", "it called analysis_finished()")
             return
         if category == Category.NODE_STATUS:
@@ -295,6 +298,12 @@ class BrokerService:
             expect=(200, 201, 202),
         )
 
+    def failure(self) -> PeerFailed | None:
+        """The first peer failure seen (or the adopted partner failure), if any."""
+        if self._closed_all is not None:
+            return self._closed_all
+        return next((c for c in self._closed.values() if c.status != "executed"), None)
+
     def waiting_for(self) -> list[str]:
         """What this node is waiting for right now, one line per wait (for diagnostics)."""
         waits = [w.describe() for w in self._waiters]
@@ -313,6 +322,8 @@ class BrokerService:
         """Record that ``node_id`` ended; waits on it end once its queue is empty."""
         if node_id in self._participants and node_id not in self._closed:
             self._closed[node_id] = PeerFailed(node_id, status, reason)
+            if status != "executed":
+                self.ended.set()
             log.info("node %s reported %s%s", node_id, status, f": {reason}" if reason else "")
             self._wake(node_id)
 
@@ -320,6 +331,7 @@ class BrokerService:
         """End every wait: this node adopted a terminal status from its partners."""
         if self._closed_all is None:
             self._closed_all = PeerFailed(None, status, reason)
+            self.ended.set()
             self._wake(None)
 
     def _check_closed(self, senders: frozenset[str] | None) -> None:

@@ -1,4 +1,4 @@
-"""The ``flame-async`` command: run an analysis locally, or serve the local platform."""
+"""The ``flame-async`` command: run an analysis locally, serve the platform, scaffold a project."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import anyio
 
+from ._live import LiveView
 from ._version import __version__
 from .errors import FlameError
-from .runner import RunResult, load_main, run_analysis
+from .runner import RunResult, run_script
 
 __all__ = ["main"]
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run SCRIPT's 'async def main()' once per node")
+    run = sub.add_parser("run", help="run SCRIPT once per node on a local platform")
     run.add_argument("script", type=Path, help="analysis file defining 'async def main()'")
     run.add_argument(
         "--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)"
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=float, default=600.0, help="seconds before the run is stopped"
     )
+    run.add_argument(
+        "--mode",
+        choices=("inprocess", "processes"),
+        default="inprocess",
+        help="inprocess: one event loop, breakpoints work (default); processes: 'python SCRIPT' "
+        "per node, exactly what ships in the container",
+    )
+    run.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
     platform = sub.add_parser("platform", help="serve the local platform for your own processes")
     platform.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
@@ -58,54 +67,75 @@ def _parser() -> argparse.ArgumentParser:
     )
     platform.add_argument("--port", type=int, default=0, help="shared Host-routed port (0: any)")
     platform.add_argument("--out", type=Path, default=None, help="output folder")
+
+    init = sub.add_parser("init", help="scaffold an analysis project in a new folder NAME")
+    init.add_argument("name", type=Path, help="folder to create")
     return parser
 
 
-def _print_summary(result: RunResult, timeout: float) -> None:
+def _summary(result: RunResult, timeout: float) -> None:
     print()
-    print(f"{'node':<16} {'role':<11} {'status':<9} {'seconds':>8}  result")
+    print(f"{'node':<16} {'role':<11} {'status':<9} {'seconds':>8}  result / error")
     for o in result.outcomes:
         shown = "" if o.result is None else repr(o.result)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
+        if o.status == "failed":
+            shown = f"{o.error_type}: {o.error_message}".splitlines()[0]
+        if len(shown) > 70:
+            shown = shown[:67] + "..."
         print(f"{o.node_id:<16} {o.role:<11} {o.status:<9} {o.seconds:>8.2f}  {shown}")
-    if result.timed_out:
-        waiting = ", ".join(o.node_id for o in result.outcomes if o.status == "stopped")
-        print(f"\nthe run was stopped after {timeout:g} s; still running: {waiting}")
+    if result.stop_reason:
+        print(f"\nthe run was stopped: {result.stop_reason}")
     for o in result.outcomes:
-        if o.error is not None:
-            print(f"\n--- node {o.node_id} failed: {type(o.error).__name__}: {o.error}")
-            print(o.traceback.rstrip())
+        if o.waiting_for and (result.timed_out or o.status == "stopped"):
+            print(f"  {o.node_id} was waiting for: " + "; ".join(o.waiting_for))
+    for o in result.root_causes:
+        print(f"\n--- node {o.node_id} failed: {o.error_type}: {o.error_message}")
+        print(o.traceback.rstrip())
+    others = [o for o in result.outcomes if o.status == "failed" and o not in result.root_causes]
+    for o in others:
+        print(f"\n--- node {o.node_id} failed in consequence: {o.error_message}")
 
 
 async def _run(args: argparse.Namespace) -> int:
-    analysis = load_main(args.script)
     count = args.nodes if isinstance(args.nodes, int) else len(args.nodes)
-    print(f"running {args.script} on {count} nodes")
-    result = await run_analysis(
-        analysis,
-        nodes=args.nodes,
-        aggregator=args.aggregator,
-        out_dir=args.out,
-        timeout=args.timeout,
-    )
-    _print_summary(result, args.timeout)
     print(
-        f"\n{'ok' if result.ok else 'FAILED'}: {len(result.outcomes) - len(result.failed)} of "
-        f"{len(result.outcomes)} nodes executed; outputs in {args.out}"
+        f"running {args.script} on {count} nodes ({args.mode}); outputs in {args.out}", flush=True
     )
+    view = LiveView(rich=False if args.plain else None)
+    try:
+        result = await run_script(
+            args.script,
+            mode=args.mode,
+            nodes=args.nodes,
+            aggregator=args.aggregator,
+            data=args.data,
+            out_dir=args.out,
+            timeout=args.timeout,
+            observer=view,
+        )
+    finally:
+        view.close()
+    _summary(result, args.timeout)
+    done = len(result.outcomes) - len(result.failed)
+    print(f"\n{'ok' if result.ok else 'FAILED'}: {done} of {len(result.outcomes)} nodes executed")
+    finals = result.record.get("final_results") or []
+    if finals:
+        print("final results: " + ", ".join(str(args.out / f) for f in finals))
+    print(f"run summary: {args.out / 'run.json'}; report: {args.out / 'report.html'}")
     return 0 if result.ok else 1
 
 
 async def _platform(args: argparse.Namespace) -> int:
     from .local import LocalPlatform
 
+    options = {"data_dir": args.data} if args.data else {}
     async with LocalPlatform(
         args.nodes,
         aggregator=args.aggregator,
         shared_port=args.port,
         out_dir=args.out,
         partner_status_grace=100.0,
+        **options,
     ) as platform:
         print(f"local FLAME platform for analysis {platform.analysis_id}")
         print(f"shared gateway (Host-routed, usable as HTTP_PROXY): {platform.shared_url}")
@@ -128,6 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     try:
+        if args.command == "init":
+            from ._scaffold import scaffold
+
+            created = scaffold(args.name)
+            print(f"created {args.name}/ with: " + ", ".join(sorted(str(p) for p in created)))
+            print(
+                f"next: cd {args.name} && pytest   (then: flame-async run analysis.py --data data)"
+            )
+            return 0
         if args.command == "run":
             return anyio.run(_run, args)
         return anyio.run(_platform, args)

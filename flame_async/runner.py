@@ -1,9 +1,14 @@
-"""Run an analysis on the local platform: once per node, in one process and one event loop.
+"""Run an analysis on the local platform, in one process or one process per node.
 
 ``run_analysis(main, nodes=3)`` starts a :class:`~flame_async.local.LocalPlatform`, runs
-``main()`` once per node (each ``FlameSDK()`` inside it picks up its node's configuration) and
-returns one :class:`NodeOutcome` per node. A node that raises ends with status ``failed``; its
-peers' waits on it end at once with :class:`~flame_async.errors.PeerFailed`.
+``main()`` once per node in this event loop (each ``FlameSDK()`` inside it picks up its node's
+configuration, so breakpoints work) and returns a :class:`RunResult`. ``run_script(path,
+mode="processes")`` runs the file unmodified as ``python SCRIPT`` per node instead, with the
+environment the FLAME platform gives a container.
+
+Never hangs: when a node fails, its peers' waits on it end at once with
+:class:`~flame_async.errors.PeerFailed`, and whatever still runs a few seconds later is stopped;
+a timeout stops the run and records what each node was still waiting for.
 """
 
 from __future__ import annotations
@@ -11,23 +16,37 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import logging
+import os
+import re
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import aiohttp
 import anyio
 
+from ._runrecord import build_run_record, write_outputs
 from .config import use_environ
 from .errors import InvalidArgument
-from .local import LocalPlatform
+from .local import LocalNode, LocalPlatform
 
-__all__ = ["NodeOutcome", "RunResult", "load_main", "run_analysis"]
+__all__ = ["NodeOutcome", "RunResult", "load_main", "run_analysis", "run_script"]
+
+log = logging.getLogger("flame_async.runner")
 
 AnalysisMain = Callable[[], Awaitable[Any]]
+Mode = Literal["inprocess", "processes"]
+Observer = Callable[[LocalPlatform, "list[NodeOutcome]"], Awaitable[None]]
+
+_ERROR_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Interrupt|Exit)\w*): ?(.*)$"
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -37,12 +56,17 @@ class NodeOutcome:
     Attributes:
         node_id: The node.
         role: ``default`` or ``aggregator``.
-        status: ``executed``, ``failed`` or ``stopped`` (cancelled or timed out).
-        result: What ``main()`` returned on that node.
-        error: The exception it raised, if any.
-        traceback: The formatted traceback of ``error``.
+        status: ``starting``/``running`` while it runs; then ``executed``, ``failed`` or
+            ``stopped`` (cancelled because the run stopped or timed out).
+        result: What ``main()`` returned on that node (in-process mode).
+        error: The exception it raised (in-process mode).
+        error_type: The exception's type name (both modes).
+        error_message: The exception's message (both modes).
+        traceback: The formatted traceback (both modes; from stderr for processes).
         started: When the node started (UTC).
         seconds: How long it ran.
+        waiting_for: What the node was still waiting for when the run stopped.
+        output: Lines the node's process printed (processes mode), ``(t, stream, text)``.
     """
 
     node_id: str
@@ -50,14 +74,35 @@ class NodeOutcome:
     status: str = "starting"
     result: Any = None
     error: BaseException | None = None
+    error_type: str = ""
+    error_message: str = ""
     traceback: str = ""
     started: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
+    waiting_for: list[str] = dataclasses.field(default_factory=list)
+    output: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)
+    failed_at: float | None = None
 
     @property
     def ok(self) -> bool:
         """True when the node finished without an error."""
         return self.status == "executed"
+
+    @property
+    def running(self) -> bool:
+        """True until the node has ended."""
+        return self.status in ("starting", "running")
+
+    @property
+    def consequential(self) -> bool:
+        """True when the node failed only because a peer it waited on had failed."""
+        return self.error_type == "PeerFailed"
+
+    def fail(self, error_type: str, message: str, trace: str, at: float) -> None:
+        """Record a failure."""
+        self.status = "failed"
+        self.error_type, self.error_message, self.traceback = error_type, message, trace
+        self.failed_at = at
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,12 +112,16 @@ class RunResult:
     Attributes:
         outcomes: One entry per node, in node order.
         timed_out: True when the run hit its timeout.
-        out_dir: Where the platform wrote its outputs (final results, logs), if anywhere.
+        stop_reason: Why the run was stopped early, if it was.
+        out_dir: Where the outputs were written, if anywhere.
+        record: The run summary (the content of ``OUT/run.json``).
     """
 
     outcomes: list[NodeOutcome]
     timed_out: bool = False
+    stop_reason: str | None = None
     out_dir: Path | None = None
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +132,12 @@ class RunResult:
     def failed(self) -> list[NodeOutcome]:
         """Nodes that did not execute."""
         return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def root_causes(self) -> list[NodeOutcome]:
+        """Failed nodes whose failure was their own (not a reaction to a failed peer)."""
+        own = [o for o in self.outcomes if o.status == "failed" and not o.consequential]
+        return own or [o for o in self.outcomes if o.status == "failed"]
 
     def __getitem__(self, node_id: str) -> NodeOutcome:
         for outcome in self.outcomes:
@@ -115,6 +170,91 @@ def load_main(script: Path) -> AnalysisMain:
     return main  # type: ignore[no-any-return]
 
 
+class _Run:
+    """Supervises the nodes of one run: fail-fast, timeout, observers."""
+
+    def __init__(
+        self, platform: LocalPlatform, *, timeout: float | None, fail_fast_grace: float
+    ) -> None:
+        self.platform = platform
+        self.timeout = timeout
+        self.grace = fail_fast_grace
+        self.outcomes = [NodeOutcome(n.node_id, n.role) for n in platform.nodes]
+        self.t0 = time.monotonic()
+        self.started = datetime.now(UTC)
+        self.timed_out = False
+        self.stop_reason: str | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def supervise(
+        self, scope: anyio.CancelScope, observer: Observer | None, tick: float = 0.1
+    ) -> None:
+        """Stop the run on timeout, or a grace period after the first failure."""
+        while True:
+            if observer is not None:
+                await observer(self.platform, self.outcomes)
+            if not any(o.running for o in self.outcomes):
+                return
+            failures = [o.failed_at for o in self.outcomes if o.failed_at is not None]
+            if failures and self.now() - min(failures) > self.grace:
+                first = min(self.outcomes, key=lambda o: o.failed_at or float("inf"))
+                self.stop_reason = f"node {first.node_id} failed"
+                await self._record_waits()
+                scope.cancel()
+                return
+            if self.timeout is not None and self.now() > self.timeout:
+                self.timed_out = True
+                self.stop_reason = f"timeout after {self.timeout:g} s"
+                await self._record_waits()
+                scope.cancel()
+                return
+            await anyio.sleep(tick)
+
+    async def _record_waits(self) -> None:
+        """Ask each running node's API what it waits for (its /healthz ``waiting_for``)."""
+        async with aiohttp.ClientSession() as http:
+            for node, outcome in zip(self.platform.nodes, self.outcomes, strict=True):
+                if not outcome.running:
+                    continue
+                try:
+                    async with http.get(
+                        f"http://127.0.0.1:{node.api_port}/healthz",
+                        timeout=aiohttp.ClientTimeout(total=2),
+                    ) as response:
+                        body = await response.json(content_type=None)
+                    outcome.waiting_for = list(body.get("waiting_for") or ["nothing it reports"])
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    outcome.waiting_for = ["(its node API did not answer: still starting?)"]
+
+    def result(self, out_dir: Path | None, mode: str, script: str) -> RunResult:
+        for outcome in self.outcomes:
+            if outcome.running:
+                outcome.status = "stopped"
+        record = build_run_record(
+            self.platform,
+            self.outcomes,
+            started=self.started,
+            t0=self.t0,
+            mode=mode,
+            script=script,
+            timed_out=self.timed_out,
+            stop_reason=self.stop_reason,
+            out_dir=out_dir,
+        )
+        result = RunResult(
+            self.outcomes,
+            timed_out=self.timed_out,
+            stop_reason=self.stop_reason,
+            out_dir=out_dir,
+            record=record,
+        )
+        if out_dir is not None:
+            write_outputs(record, self.outcomes, self.platform, out_dir)
+        return result
+
+
 async def run_analysis(
     main: AnalysisMain,
     *,
@@ -123,60 +263,217 @@ async def run_analysis(
     data: Path | None = None,
     out_dir: Path | None = None,
     timeout: float | None = None,
+    fail_fast_grace: float = 3.0,
+    observer: Observer | None = None,
+    script: str = "",
     **platform_options: Any,
 ) -> RunResult:
-    """Run ``main()`` once per node on a fresh local platform.
+    """Run ``main()`` once per node, in this event loop, on a fresh local platform.
 
     Args:
         main: The analysis entry point; each call creates its own ``FlameSDK()``.
         nodes: Number of nodes, or their ids.
         aggregator: Id of the aggregator (default: the first node).
         data: Data folder (``DATA/<node>/fhir/``, ``DATA/<node>/s3/``).
-        out_dir: Folder for the platform's outputs.
-        timeout: Seconds after which still-running nodes are cancelled (status ``stopped``).
+        out_dir: Where final results, ``run.json``, ``logs/`` and ``report.html`` go.
+        timeout: Seconds after which still-running nodes are stopped.
+        fail_fast_grace: Seconds the other nodes get to end after the first failure.
+        observer: Called about ten times a second with the platform and the outcomes (the
+            CLI's live view).
+        script: Name of the analysis, for the run summary.
         **platform_options: Passed to :class:`~flame_async.local.LocalPlatform`.
 
     Returns:
-        One outcome per node; node errors are captured there, not raised.
+        The outcomes; node errors are captured there, not raised.
 
     Raises:
         ValueError: Bad node ids or aggregator (from the platform).
 
     Cancellation:
-        Cancels every node and stops the platform.
+        Stops every node and the platform.
     """
+
+    async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+        outcome.status = "running"
+        try:
+            with use_environ(node.env):
+                outcome.result = await main()
+            outcome.status = "executed"
+        except Exception as exc:  # noqa: BLE001 - a node's failure is its outcome
+            outcome.error = exc
+            outcome.fail(
+                type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), run.now()
+            )
+
+    return await _run_nodes(
+        start,
+        nodes=nodes,
+        aggregator=aggregator,
+        data=data,
+        out_dir=out_dir,
+        timeout=timeout,
+        fail_fast_grace=fail_fast_grace,
+        observer=observer,
+        mode="inprocess",
+        script=script or getattr(main, "__module__", ""),
+        platform_options=platform_options,
+    )
+
+
+async def run_script(
+    script: Path,
+    *,
+    mode: Mode = "inprocess",
+    nodes: int | Sequence[str] = 3,
+    aggregator: str | None = None,
+    data: Path | None = None,
+    out_dir: Path | None = None,
+    timeout: float | None = None,
+    fail_fast_grace: float = 3.0,
+    observer: Observer | None = None,
+    **platform_options: Any,
+) -> RunResult:
+    """Run an analysis file: its ``main()`` in this loop, or ``python SCRIPT`` per node.
+
+    In ``processes`` mode each node is ``python SCRIPT`` (the file calls
+    ``asyncio.run(main())`` itself) with the variables the FLAME platform gives a container
+    plus the local overrides (``FLAME_BASE_URL`` and the API port): what passes here is what
+    ships.
+
+    Raises:
+        InvalidArgument: The script does not exist (or, in-process, has no ``async def main()``).
+
+    Cancellation:
+        Stops every node (terminating processes) and the platform.
+    """
+    if mode == "inprocess":
+        return await run_analysis(
+            load_main(script),
+            nodes=nodes,
+            aggregator=aggregator,
+            data=data,
+            out_dir=out_dir,
+            timeout=timeout,
+            fail_fast_grace=fail_fast_grace,
+            observer=observer,
+            script=str(script),
+            **platform_options,
+        )
+    if not await anyio.Path(script).is_file():
+        raise InvalidArgument(f"analysis script {script} does not exist")
+
+    async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+        await _run_process(script, node, outcome, run)
+
+    return await _run_nodes(
+        start,
+        nodes=nodes,
+        aggregator=aggregator,
+        data=data,
+        out_dir=out_dir,
+        timeout=timeout,
+        fail_fast_grace=fail_fast_grace,
+        observer=observer,
+        mode="processes",
+        script=str(script),
+        platform_options=platform_options,
+    )
+
+
+async def _run_nodes(
+    start: Callable[[LocalNode, NodeOutcome, _Run], Awaitable[None]],
+    *,
+    nodes: int | Sequence[str],
+    aggregator: str | None,
+    data: Path | None,
+    out_dir: Path | None,
+    timeout: float | None,
+    fail_fast_grace: float,
+    observer: Observer | None,
+    mode: str,
+    script: str,
+    platform_options: dict[str, Any],
+) -> RunResult:
     if data is not None:
         platform_options["data_dir"] = data
+    platform_options.setdefault("po_interval", 1.0)
     async with LocalPlatform(
         nodes, aggregator=aggregator, out_dir=out_dir, **platform_options
     ) as platform:
-        outcomes = [NodeOutcome(n.node_id, n.role) for n in platform.nodes]
+        run = _Run(platform, timeout=timeout, fail_fast_grace=fail_fast_grace)
 
-        async def run_node(index: int) -> None:
-            node = platform.nodes[index]
-            outcome = outcomes[index]
+        async def one(index: int) -> None:
+            node, outcome = platform.nodes[index], run.outcomes[index]
             began = time.monotonic()
             outcome.started = datetime.now(UTC)
             try:
-                with use_environ(node.env):
-                    outcome.result = await main()
-                outcome.status = "executed"
-            except anyio.get_cancelled_exc_class():
-                outcome.status = "stopped"
-                raise
-            except Exception as exc:  # noqa: BLE001 - a node's failure is its outcome
-                outcome.status = "failed"
-                outcome.error = exc
-                outcome.traceback = "".join(traceback.format_exception(exc))
+                await start(node, outcome, run)
             finally:
                 outcome.seconds = time.monotonic() - began
+                if outcome.running:
+                    outcome.status = "stopped"
 
-        timed_out = False
-        with anyio.CancelScope() as scope:
-            if timeout is not None:
-                scope.deadline = anyio.current_time() + timeout
+        with anyio.CancelScope() as nodes_scope:
             async with anyio.create_task_group() as tg:
                 for index in range(len(platform.nodes)):
-                    tg.start_soon(run_node, index)
-        timed_out = scope.cancelled_caught
-        return RunResult(outcomes, timed_out=timed_out, out_dir=out_dir)
+                    tg.start_soon(one, index)
+                tg.start_soon(run.supervise, nodes_scope, observer)
+        if observer is not None:
+            await observer(platform, run.outcomes)
+        return run.result(out_dir, mode, script)
+
+
+async def _run_process(script: Path, node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+    env = {**os.environ, **node.env, "PYTHONUNBUFFERED": "1"}
+    outcome.status = "running"
+    process = await anyio.open_process(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stderr_lines: list[str] = []
+
+    async def pump(stream: Any, name: str) -> None:
+        buffer = b""
+        async for chunk in stream:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                text = line.decode("utf-8", "replace")
+                outcome.output.append((run.now(), name, text))
+                if name == "stderr":
+                    stderr_lines.append(text)
+        if buffer:
+            outcome.output.append((run.now(), name, buffer.decode("utf-8", "replace")))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump, process.stdout, "stdout")
+            tg.start_soon(pump, process.stderr, "stderr")
+            code = await process.wait()
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            process.terminate()
+            with anyio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+        raise
+    await process.aclose()
+    if code == 0:
+        outcome.status = "executed"
+        return
+    trace = "\n".join(_last_traceback(stderr_lines))
+    error_type, message = f"exit code {code}", "\n".join(stderr_lines[-3:])
+    for line in reversed(trace.splitlines()):
+        if match := _ERROR_LINE.match(line.strip()):
+            error_type, message = match.group(1).rsplit(".", 1)[-1], match.group(2)
+            break
+    outcome.fail(error_type, message, trace or "\n".join(stderr_lines[-40:]), run.now())
+
+
+def _last_traceback(lines: list[str]) -> list[str]:
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("Traceback (most recent call last)"):
+            return lines[index:]
+    return []

@@ -522,6 +522,7 @@ class FlameSDK:
         """Wait until a peer announces :meth:`analysis_finished` (typically the aggregator).
 
         Raises:
+            PeerFailed: A peer failed or stopped first: the analysis will not finish.
             MessageTimeout: No announcement within ``timeout``.
 
         Cancellation:
@@ -531,10 +532,13 @@ class FlameSDK:
         broker._finish_waiters += 1
         try:
             with anyio.move_on_after(timeout):
-                await broker.finished.wait()
-                return
+                await broker.ended.wait()
         finally:
             broker._finish_waiters -= 1
+        if broker.finished.is_set():
+            return
+        if (failure := broker.failure()) is not None:
+            raise failure
         raise MessageTimeout([], category="analysis_finished", timeout=timeout)
 
     def waiting_for(self) -> list[str]:

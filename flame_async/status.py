@@ -152,6 +152,7 @@ class StatusService:
         )
         self._wake = anyio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ship_lock = anyio.Lock()
         self._loop_thread = 0
         self.failed_posts = 0
         self._started_at: float | None = None
@@ -266,29 +267,28 @@ class StatusService:
         await self._ship_all(transport)
 
     async def _ship_all(self, transport: Transport) -> None:
-        while self._queue or self.progress.percent != self._reported_progress:
-            from_queue = bool(self._queue)
-            if from_queue:
-                text, log_type, status, progress = self._queue[0]
-            else:
-                text, log_type = f"progress {self.progress.percent}%", "debug"
-                status, progress = self.status, self.progress.percent
-            body: dict[str, Any] = {
-                "log": text,
-                "log_type": log_type,
-                "analysis_id": self.analysis_id,
-                "status": status.value,
-                "progress": progress,
-            }
-            try:
-                await transport.request(
-                    "POST", "/po/stream_logs", service="po", json=body, retry=False, timeout=10
-                )
-            except FlameError as exc:
-                self.failed_posts += 1
-                log.debug("shipping a log to the PO failed: %s", exc)
-            else:
-                self.shipped += 1
-            if from_queue and self._queue:
-                self._queue.popleft()
-            self._reported_progress = max(self._reported_progress, progress)
+        # one shipper at a time (the background task and the shutdown flush), in order
+        async with self._ship_lock:
+            while self._queue or self.progress.percent != self._reported_progress:
+                if self._queue:
+                    text, log_type, status, progress = self._queue.popleft()
+                else:
+                    text, log_type = f"progress {self.progress.percent}%", "debug"
+                    status, progress = self.status, self.progress.percent
+                body: dict[str, Any] = {
+                    "log": text,
+                    "log_type": log_type,
+                    "analysis_id": self.analysis_id,
+                    "status": status.value,
+                    "progress": progress,
+                }
+                try:
+                    await transport.request(
+                        "POST", "/po/stream_logs", service="po", json=body, retry=False, timeout=10
+                    )
+                except FlameError as exc:
+                    self.failed_posts += 1
+                    log.debug("shipping a log to the PO failed: %s", exc)
+                else:
+                    self.shipped += 1
+                self._reported_progress = max(self._reported_progress, progress)
