@@ -24,7 +24,8 @@ async def main():
             message = await flame.await_message(peer, timeout=30)
             print("got", message.data["hello"], flush=True)
         else:
-            report = await flame.send_message(peer, {"hello": flame.node_id}, category="hi", timeout=30)
+            data = {"hello": flame.node_id}
+            report = await flame.send_message(peer, data, category="hi", timeout=30)
             print("acked" if report.ok else "missing", flush=True)
 
 asyncio.run(main())
@@ -76,7 +77,7 @@ def test_processes_run_against_the_served_platform(tmp_path: Path, via_proxy: bo
                 )
             )
         outputs = [p.communicate(timeout=60) for p in procs]
-        for (out, err), proc in zip(outputs, procs, strict=True):
+        for (_, err), proc in zip(outputs, procs, strict=True):
             assert proc.returncode == 0, err
         assert outputs[0][0].strip() == "got node-2"
         assert outputs[1][0].strip() == "acked"
