@@ -8,7 +8,14 @@ Start with :class:`FlameSDK`::
 
 from ._version import __version__
 from .config import FlameConfig, RetryPolicy
-from .data import DataSource, DataSourceKind, FhirClient, S3Client, fhir_to_dataframe
+from .data import (
+    DataSource,
+    DataSourceKind,
+    FhirClient,
+    S3Client,
+    fhir_to_dataframe,
+    fhir_to_dataframe_async,
+)
 from .errors import (
     AuthenticationError,
     CodecError,
@@ -89,4 +96,5 @@ __all__ = [
     "UnknownNodeError",
     "__version__",
     "fhir_to_dataframe",
+    "fhir_to_dataframe_async",
 ]

@@ -79,7 +79,12 @@ class Category(StrEnum):
 
 
 class Participant(BaseModel):
-    """Another node of the analysis."""
+    """Another node of the analysis.
+
+    Attributes:
+        node_id: The node's id (the Hub node id).
+        role: Its role in this analysis.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -203,7 +208,12 @@ class ResultInfo(BaseModel):
 
 
 class LocalDP(BaseModel):
-    """Local differential privacy for a numeric final result (Laplace noise on the service)."""
+    """Local differential privacy for a numeric final result (Laplace noise on the service).
+
+    Attributes:
+        epsilon: Privacy budget; smaller means more noise (scale = sensitivity / epsilon).
+        sensitivity: How much one person's data can change the result.
+    """
 
     model_config = ConfigDict(frozen=True)
 

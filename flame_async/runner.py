@@ -154,6 +154,9 @@ def load_main(script: Path) -> AnalysisMain:
     """
     if not script.is_file():
         raise InvalidArgument(f"analysis script {script} does not exist")
+    folder = str(script.resolve().parent)
+    if folder not in sys.path:  # as 'python SCRIPT' does: sibling modules import
+        sys.path.insert(0, folder)
     name = f"flame_analysis_{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:

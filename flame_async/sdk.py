@@ -358,7 +358,10 @@ class FlameSDK:
         """The other nodes of the analysis (this node excluded), sorted by id."""
         return self._require().participants
 
-    get_list_of_participants = get_participants
+    def get_list_of_participants(self) -> list[Participant]:
+        """The other nodes of the analysis (the original design's name for
+        :meth:`get_participants`)."""
+        return self.get_participants()
 
     def get_participant_ids(self) -> list[str]:
         """Ids of the other nodes."""

@@ -135,3 +135,15 @@ def test_init_scaffolds_a_project_whose_test_passes(tmp_path: Path) -> None:
     assert tests.returncode == 0, tests.stdout + tests.stderr
     again = cli("init", "demo", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "processes"])
+async def test_a_script_can_import_its_sibling_modules(mode: str, tmp_path: Path) -> None:
+    (tmp_path / "helper_numbers.py").write_text("VALUE = 41\n")
+    (tmp_path / "analysis.py").write_text(
+        "import asyncio\nfrom helper_numbers import VALUE\nfrom flame_async import FlameSDK\n\n"
+        "async def main() -> int:\n    async with FlameSDK():\n        return VALUE + 1\n\n"
+        "if __name__ == '__main__':\n    asyncio.run(main())\n"
+    )
+    result = await run_script(tmp_path / "analysis.py", mode=mode, nodes=2, timeout=60)  # type: ignore[arg-type]
+    assert result.ok, [(o.error_type, o.error_message) for o in result.failed]
