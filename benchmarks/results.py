@@ -64,6 +64,7 @@ async def baseline(mib: int) -> dict[str, float]:
 
 _BASELINE_SERVER = r"""
 import sys
+from aiohttp import web
 MIB = int(sys.argv[1])
 BLOCK = bytes(1 << 20)
 

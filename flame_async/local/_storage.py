@@ -176,17 +176,11 @@ async def _save(part: BodyPartReader, directory: Path) -> _Upload:
     size = 0
     try:
         async with await anyio.open_file(path, "xb") as file:
-            pending: list[bytes] = []
-            pending_size = 0
+            # each chunk goes to disk as read: no joining, no extra copy of the body
             while chunk := await part.read_chunk(_CHUNK):
-                pending.append(bytes(part.decode(chunk)))
-                pending_size += len(pending[-1])
-                if pending_size >= _CHUNK:
-                    await file.write(b"".join(pending))
-                    size, pending, pending_size = size + pending_size, [], 0
-            if pending:
-                await file.write(b"".join(pending))
-                size += pending_size
+                data = part.decode(chunk)
+                await file.write(data)
+                size += len(data)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
