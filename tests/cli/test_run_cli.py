@@ -37,18 +37,26 @@ def cli(
 
 @pytest.mark.parametrize("mode", ["inprocess", "processes"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
-async def test_every_example_runs_in_both_modes(example: Path, mode: str, tmp_path: Path) -> None:
-    result = await run_script(
-        example,
-        mode=mode,
-        nodes=3,
-        data=ROOT / "examples" / "data",
-        out_dir=tmp_path,
-        timeout=120,  # type: ignore[arg-type]
+def test_every_example_runs_under_flame_async_run_in_both_modes(
+    example: Path, mode: str, tmp_path: Path
+) -> None:
+    done = cli(
+        "run",
+        str(example),
+        "--nodes",
+        "3",
+        "--mode",
+        mode,
+        "--data",
+        str(ROOT / "examples" / "data"),
+        "--out",
+        str(tmp_path),
+        "--plain",
+        "--timeout",
+        "120",
     )
-    assert result.ok, [
-        (o.node_id, o.error_type, o.error_message, o.traceback[-2000:]) for o in result.failed
-    ]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "ok: 3 of 3 nodes executed" in done.stdout
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["ok"] and record["mode"] == mode
     assert {n["status"] for n in record["nodes"]} == {"executed"}
