@@ -298,6 +298,28 @@ class BrokerService:
             expect=(200, 201, 202),
         )
 
+    async def wait_until_finished(self, timeout: float) -> None:
+        """Wait until a peer announces ``analysis_finished``.
+
+        Raises:
+            PeerFailed: A peer failed or stopped first: the analysis will not finish.
+            MessageTimeout: No announcement within ``timeout``.
+
+        Cancellation:
+            Safe; nothing is consumed.
+        """
+        self._finish_waiters += 1
+        try:
+            with anyio.move_on_after(timeout):
+                await self.ended.wait()
+        finally:
+            self._finish_waiters -= 1
+        if self.finished.is_set():
+            return
+        if (failure := self.failure()) is not None:
+            raise failure
+        raise MessageTimeout([], category=Category.ANALYSIS_FINISHED, timeout=timeout)
+
     def failure(self) -> PeerFailed | None:
         """The first peer failure seen (or the adopted partner failure), if any."""
         if self._closed_all is not None:

@@ -26,7 +26,7 @@ from .api import NodeApi
 from .broker import BrokerService, Handler, Receivers
 from .config import FlameConfig, node_environ
 from .data import DataService, DataSource, FhirClient, S3Client
-from .errors import MessageTimeout, SDKStateError, StartupError, TransportError
+from .errors import SDKStateError, StartupError, TransportError
 from .models import (
     LocalDP,
     Message,
@@ -531,18 +531,7 @@ class FlameSDK:
         Cancellation:
             Safe; nothing is consumed.
         """
-        broker = self._require()
-        broker._finish_waiters += 1
-        try:
-            with anyio.move_on_after(timeout):
-                await broker.ended.wait()
-        finally:
-            broker._finish_waiters -= 1
-        if broker.finished.is_set():
-            return
-        if (failure := broker.failure()) is not None:
-            raise failure
-        raise MessageTimeout([], category="analysis_finished", timeout=timeout)
+        await self._require().wait_until_finished(timeout)
 
     def waiting_for(self) -> list[str]:
         """What this node is waiting for right now (also reported on ``/healthz``)."""
