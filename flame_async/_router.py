@@ -347,10 +347,6 @@ class Router:
         ]
         return sorted(found, key=lambda m: m.arrived_at)
 
-    def has_queued(self, sender: str, predicate: Callable[[Message], bool] | None = None) -> bool:
-        """True when a message of ``sender`` matching ``predicate`` is waiting."""
-        return any(predicate is None or predicate(m) for m in self._queues.get(sender, ()))
-
     def pending_count(self) -> int:
         """Original messages still awaiting acknowledgements."""
         return len(self._outgoing)

@@ -73,7 +73,6 @@ class NodeApi:
         self._max_body = max_body
         self._waiting_for = waiting_for
         self.rejected: collections.Counter[str] = collections.Counter()
-        self.accepted = 0
         self.port: int | None = None
         self.app = web.Application(client_max_size=max_body, middlewares=[self._errors_middleware])
         self.app.router.add_post("/webhook", self._webhook)
@@ -191,7 +190,6 @@ class NodeApi:
         if rejection is not None:
             status = 503 if "starting" in rejection else 422
             raise _Rejected(status, "rejected message", rejection)
-        self.accepted += 1
         return _json_response(None)
 
     async def _healthz(self, request: web.Request) -> web.Response:

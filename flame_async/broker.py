@@ -119,8 +119,6 @@ class BrokerService:
         """Set when a peer announced ``analysis_finished``."""
         self.node_id = ""
         self.role = NodeRole.UNKNOWN
-        self.messages_in = 0
-        self.messages_out = 0
 
     # ------------------------------------------------------------ start-up
 
@@ -243,7 +241,6 @@ class BrokerService:
         return None
 
     def _dispatch(self, message: Message) -> None:
-        self.messages_in += 1
         category = message.category
         if category in _RESERVED_SILENT:
             return
@@ -441,7 +438,6 @@ class BrokerService:
         out = router.new_message(
             targets, category, payload, now=_now(), reply_to=reply_to, error=error
         )
-        self.messages_out += 1
         event = self._ack_events[out.id] = asyncio.Event()
         self._sending[out.id] = out
         posted = False

@@ -133,8 +133,6 @@ class ResultsService:
         self._broker = broker
         self._analysis_id = analysis_id
         self._saved: list[ResultInfo] = []
-        self.bytes_up = 0
-        self.bytes_down = 0
 
     # ------------------------------------------------------------- encoding
 
@@ -181,9 +179,7 @@ class ResultsService:
             headers={"Accept": "application/json"},
             expect=expect,
         ) as response:
-            body = await response.read()
-        self.bytes_up += encoded.size
-        return body
+            return await response.read()
 
     async def _download(self, path: str, params: Mapping[str, str] | None = None) -> bytearray:
         async with self._transport.stream(
@@ -203,7 +199,6 @@ class ResultsService:
                 buffer = bytearray()
                 async for chunk in response.content.iter_any():
                     buffer += chunk
-        self.bytes_down += len(buffer)
         return buffer
 
     # ---------------------------------------------------------------- final

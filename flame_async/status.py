@@ -156,15 +156,10 @@ class StatusService:
         self._loop_thread = 0
         self.failed_posts = 0
         self._started_at: float | None = None
-        self._listeners: list[Callable[[RunStatus, str | None], None]] = []
         self._reported_progress = 0
         self._synced = False
 
     # --------------------------------------------------------------- status
-
-    def add_listener(self, listener: Callable[[RunStatus, str | None], None]) -> None:
-        """Call ``listener(status, cause)`` on every status change."""
-        self._listeners.append(listener)
 
     def set_status(
         self, status: RunStatus, *, cause: str | None = None, force: bool = False
@@ -181,8 +176,6 @@ class StatusService:
         self._synced = False
         self.status = status
         self.enqueue(f"run status: {status.value}" + (f" ({cause})" if cause else ""), "info")
-        for listener in self._listeners:
-            listener(status, cause)
         return True
 
     def started(self, now: float) -> None:
