@@ -1,9 +1,12 @@
 """The node's own REST API (PROTOCOL §5.2): ``/webhook``, ``/healthz``, ``/token_refresh``,
 ``/partner_status``.
 
-Reached by the broker and the PO through the gateway (``/analysis/...``). Bad input gets a 4xx with
-a ``{"detail": reason}`` body and is counted in :attr:`NodeApi.rejected`; it never reaches the
-runtime's background tasks.
+Reached by the broker and the PO through the gateway (``/analysis/...``). :meth:`NodeApi.handle`
+answers the project's own :class:`~flame_async._transport.Request` type, so any transport can
+serve it: the aiohttp transport over HTTP, the in-memory transport by calling it directly. Bad
+input gets a 4xx with a ``{"detail": reason}`` body and is counted in :attr:`NodeApi.rejected`;
+it never reaches the runtime's background tasks. Webhook bodies are judged by the protocol core,
+which answers a typed rejection with its status.
 """
 
 from __future__ import annotations
@@ -12,44 +15,49 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
-import anyio
 import orjson
-from aiohttp import web
-from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
 from ._jwt import TokenStore, decode_claims
-from .errors import StartupError
-from .models import WireMeta
+from ._protocol import Rejection
+from ._transport import BodyTooLarge, Request, Response
+from ._wire import (
+    HealthAnswer,
+    PartnerStatusAnswer,
+    PartnerStatusRequest,
+    TokenRefreshAnswer,
+    TokenRefreshRequest,
+)
 from .status import StatusService
 
 __all__ = ["NodeApi"]
 
 log = logging.getLogger("flame_async.api")
 
-WebhookSink = Callable[[WireMeta, dict[str, Any]], Awaitable[str | None]]
+WebhookSink = Callable[[bytes], Awaitable[Rejection | None]]
 PartnerSink = Callable[[dict[str, str | None]], None]
 
-
-class _Rejected(Exception):
-    def __init__(self, status: int, key: str, reason: str) -> None:
-        self.status, self.key, self.reason = status, key, reason
-        super().__init__(reason)
+_JSON_TYPES: Final = frozenset({"application/json", "text/json"})
+_NULL: Final = b"null"
 
 
-def _json_response(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(
+        status,
+        orjson.dumps(payload) if payload is not None else _NULL,
+        headers={"content-type": "application/json"},
+    )
 
 
 class NodeApi:
-    """The aiohttp application of one node and its server lifecycle.
+    """The node API of one node, as a request handler.
 
     Args:
         tokens: The token store ``/token_refresh`` updates.
         status: Run status for ``/healthz`` and partner-status sync.
-        on_webhook: Where validated webhook messages go; returns a rejection reason or None.
+        on_webhook: Where webhook bodies go; answers a rejection or None (taken).
         on_partner_status: Told about every partner status push after it was applied.
         max_body: Largest request body accepted, in bytes.
         waiting_for: Reports current waits; ``/healthz`` adds them as ``waiting_for`` (an
@@ -73,87 +81,73 @@ class NodeApi:
         self._max_body = max_body
         self._waiting_for = waiting_for
         self.rejected: collections.Counter[str] = collections.Counter()
-        self.port: int | None = None
-        self.app = web.Application(client_max_size=max_body, middlewares=[self._errors_middleware])
-        self.app.router.add_post("/webhook", self._webhook)
-        self.app.router.add_get("/healthz", self._healthz)
-        self.app.router.add_post("/token_refresh", self._token_refresh)
-        self.app.router.add_post("/partner_status", self._partner_status)
+        self._routes: dict[str, tuple[str, Callable[[Request], Awaitable[Response]]]] = {
+            "/webhook": ("POST", self._webhook),
+            "/healthz": ("GET", self._healthz),
+            "/token_refresh": ("POST", self._token_refresh),
+            "/partner_status": ("POST", self._partner_status),
+        }
 
-    async def serve(
-        self, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Listen on ``host:port`` until cancelled; reports the bound port when listening.
+    async def handle(self, request: Request) -> Response:
+        """Answer one request (any transport's).
+
+        Never raises for bad input: that gets a 4xx ``{"detail": reason}`` and is counted.
+        """
+        route = self._routes.get(request.path)
+        if route is None:
+            return self._reject(request, 404, "unknown path", f"no such endpoint: {request.path}")
+        method, answer = route
+        if request.method != method and not (method == "GET" and request.method == "HEAD"):
+            return self._reject(
+                request,
+                405,
+                "method not allowed",
+                f"{request.method} is not allowed on {request.path}",
+            )
+        try:
+            return await answer(request)
+        except _Rejected as exc:
+            return self._reject(request, exc.status, exc.key, exc.reason)
+
+    def _reject(self, request: Request, status: int, key: str, reason: str) -> Response:
+        self.rejected[key] += 1
+        log.debug("rejected %s %s: %s", request.method, request.path, reason)
+        return _json({"detail": reason}, status)
+
+    async def _body(self, request: Request) -> bytes:
+        """The JSON body's bytes, after the size and content-type checks.
 
         Raises:
-            StartupError: The address cannot be bound (for example the port is in use).
-
-        Cancellation:
-            Closes the listening socket and open connections (shielded, bounded).
+            _Rejected: Too large (413), not JSON by its content type (415), or empty (400).
         """
-        runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        too_large = _Rejected(
+            413, "body too large", f"request body is larger than {self._max_body} bytes"
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"the node API cannot listen on {host}:{port}: {exc} "
-                    "(set FLAME_API_PORT to a free port)"
-                ) from exc
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else port
-            task_status.started(self.port)
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await runner.cleanup()
-
-    # ------------------------------------------------------------ plumbing
-
-    @web.middleware
-    async def _errors_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except _Rejected as exc:
-            self.rejected[exc.key] += 1
-            log.debug("rejected %s %s: %s", request.method, request.path, exc.reason)
-            return _json_response({"detail": exc.reason}, exc.status)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            key = {404: "unknown path", 405: "method not allowed", 413: "body too large"}.get(
-                exc.status, f"http {exc.status}"
-            )
-            self.rejected[key] += 1
-            reason = {
-                404: f"no such endpoint: {request.path}",
-                405: f"{request.method} is not allowed on {request.path}",
-                413: f"request body is larger than {self._max_body} bytes",
-            }.get(exc.status, exc.reason)
-            return _json_response({"detail": reason}, exc.status)
-
-    async def _json_object(self, request: web.Request) -> dict[str, Any]:
-        if request.content_length is not None and request.content_length > self._max_body:
+        size = request.content_length
+        if size is not None and size > self._max_body:
+            raise too_large
+        if "content-type" in request.headers and request.content_type not in _JSON_TYPES:
             raise _Rejected(
-                413, "body too large", f"request body is larger than {self._max_body} bytes"
+                415,
+                "not json",
+                f"Content-Type must be application/json, got {request.content_type!r}",
             )
-        ctype = request.content_type
-        if request.headers.get("Content-Type") and ctype not in ("application/json", "text/json"):
+        try:
+            raw = await request.read(self._max_body)
+        except BodyTooLarge:
+            raise too_large from None
+        except TypeError:  # a multipart form
             raise _Rejected(
-                415, "not json", f"Content-Type must be application/json, got {ctype!r}"
-            )
-        raw = await request.read()
+                415, "not json", "the body is a form; a JSON object is required"
+            ) from None
         if not raw:
             raise _Rejected(
                 400, "empty body", "the request body is empty; a JSON object is required"
             )
+        return raw
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        raw = await self._body(request)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -168,45 +162,31 @@ class NodeApi:
             )
         return body
 
-    # ------------------------------------------------------------ handlers
+    # -- endpoints -------------------------------------------------------------------------
 
-    async def _webhook(self, request: web.Request) -> web.Response:
-        body = await self._json_object(request)
-        meta = body.pop("meta", None)
-        if meta is None:
-            raise _Rejected(400, "missing meta", "the message has no 'meta' object")
-        if not isinstance(meta, dict):
-            raise _Rejected(
-                400, "meta not an object", f"'meta' must be an object, got {type(meta).__name__}"
-            )
-        try:
-            parsed = WireMeta.model_validate(meta)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"meta.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise _Rejected(422, "invalid meta", f"invalid message meta: {problems}") from exc
-        rejection = await self._on_webhook(parsed, body)
+    async def _webhook(self, request: Request) -> Response:
+        rejection = await self._on_webhook(await self._body(request))
         if rejection is not None:
-            status = 503 if "starting" in rejection else 422
-            raise _Rejected(status, "rejected message", rejection)
-        return _json_response(None)
+            raise _Rejected(rejection.status, rejection.key, rejection.reason)
+        return _json(None)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = {
-            "status": self._status.status.value,
-            "token_remaining_time": self._tokens.remaining_seconds(),
-        }
-        if self._waiting_for is not None:
-            body["waiting_for"] = self._waiting_for()
-        return _json_response(body)
+    async def _healthz(self, request: Request) -> Response:
+        answer = HealthAnswer(
+            status=self._status.status.value,
+            token_remaining_time=self._tokens.remaining_seconds(),
+            waiting_for=self._waiting_for() if self._waiting_for is not None else None,
+        )
+        return _json(answer.wire())
 
-    async def _token_refresh(self, request: web.Request) -> web.Response:
+    async def _token_refresh(self, request: Request) -> Response:
         body = await self._json_object(request)
-        token = body.get("token")
-        if token is None:
+        if "token" not in body:
             raise _Rejected(400, "missing token", "the body has no 'token' field")
-        if not isinstance(token, str) or not token:
+        try:
+            token = TokenRefreshRequest.model_validate(body).token
+        except ValidationError:
+            raise _Rejected(400, "invalid token", "'token' must be a non-empty string") from None
+        if not token:
             raise _Rejected(400, "invalid token", "'token' must be a non-empty string")
         try:
             decode_claims(token)
@@ -214,9 +194,9 @@ class NodeApi:
             raise _Rejected(400, "invalid token", f"'token' is not a JWT: {exc}") from exc
         self._tokens.replace(token)
         log.info("token refreshed; %d s remaining", self._tokens.remaining_seconds())
-        return _json_response({"message": "Token refreshed successfully"})
+        return _json(TokenRefreshAnswer().wire())
 
-    async def _partner_status(self, request: web.Request) -> web.Response:
+    async def _partner_status(self, request: Request) -> Response:
         body = await self._json_object(request)
         statuses = body.get("partner_status")
         if statuses is None:
@@ -225,13 +205,21 @@ class NodeApi:
             )
         if not isinstance(statuses, dict):
             raise _Rejected(422, "invalid partner_status", "'partner_status' must be an object")
-        bad = [k for k, v in statuses.items() if v is not None and not isinstance(v, str)]
-        if bad:
+        try:
+            parsed = PartnerStatusRequest.model_validate(body).partner_status
+        except ValidationError:
+            bad = [k for k, v in statuses.items() if v is not None and not isinstance(v, str)]
             raise _Rejected(
                 422,
                 "invalid partner_status",
                 f"partner statuses must be strings or null; not so for: {', '.join(sorted(bad))}",
-            )
-        own = self._status.partner_status(statuses, time.monotonic())
-        self._on_partner_status(statuses)
-        return _json_response({"status": own.value})
+            ) from None
+        own = self._status.partner_status(parsed, time.monotonic())
+        self._on_partner_status(dict(parsed))
+        return _json(PartnerStatusAnswer(status=own.value).wire())
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, key: str, reason: str) -> None:
+        self.status, self.key, self.reason = status, key, reason
+        super().__init__(reason)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from yarl import URL
@@ -22,13 +22,19 @@ from yarl import URL
 from ._jwt import decode_claims
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from ._transport import Transport
+
 __all__ = [
     "ENV_OVERRIDES",
     "REQUIRED_ENV",
     "FlameConfig",
     "RetryPolicy",
+    "TransportFactory",
     "node_environ",
+    "node_transport",
     "use_environ",
+    "use_transport",
 ]
 
 REQUIRED_ENV = (
@@ -48,10 +54,17 @@ ENV_OVERRIDES = {
     "FLAME_PARTNER_STATUS_GRACE": "seconds after start-up during which /partner_status is ignored"
     " (default 100)",
     "FLAME_STARTUP_TIMEOUT": "seconds to wait for the gateway at start-up (default 60)",
+    "FLAME_ANNOUNCE_API": "1: tell the local platform's gateway which port the node API got"
+    " (local platform only; with FLAME_API_PORT=0)",
 }
 """Optional variables and what they override."""
 
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("flame_async_environ", default=None)
+
+TransportFactory: TypeAlias = "Callable[[FlameConfig], Transport]"
+"""Builds the transport of a node from its configuration."""
+
+_TRANSPORT: ContextVar[TransportFactory | None] = ContextVar("flame_async_transport", default=None)
 
 
 def node_environ() -> Mapping[str, str]:
@@ -72,6 +85,24 @@ def use_environ(environ: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         _ENVIRON.reset(token)
+
+
+def node_transport() -> TransportFactory | None:
+    """The transport factory a ``FlameSDK()`` without a transport uses in the current task
+    (set by :func:`use_transport`), or None for the default (HTTP)."""
+    return _TRANSPORT.get()
+
+
+@contextmanager
+def use_transport(factory: TransportFactory) -> Iterator[None]:
+    """Make ``factory`` build the transport of every ``FlameSDK()`` without one in the current
+    task (and tasks it starts): how the local runner gives in-process nodes their socket or the
+    in-memory transport."""
+    token = _TRANSPORT.set(factory)
+    try:
+        yield
+    finally:
+        _TRANSPORT.reset(token)
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -130,6 +161,7 @@ class FlameConfig(BaseModel):
     startup_timeout: float = Field(default=60.0, gt=0)
     request_timeout: float = Field(default=30.0, gt=0)
     max_api_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    announce_api: bool = False
     retry: RetryPolicy = RetryPolicy()
 
     def model_post_init(self, context: Any, /) -> None:
@@ -151,7 +183,7 @@ class FlameConfig(BaseModel):
         return URL(self.base_url)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Self:  # noqa: PLR0912 - one check per variable, read top to bottom
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Self:  # noqa: PLR0912, PLR0915 - one check per variable, read top to bottom
         """Read the node configuration from ``environ`` (normally ``os.environ``).
 
         Args:
@@ -219,6 +251,11 @@ class FlameConfig(BaseModel):
                     problems.append(f"{name}={raw!r} is not a non-negative number of seconds")
                 else:
                     values[field] = number
+        if raw := environ.get("FLAME_ANNOUNCE_API", "").strip():
+            if raw.lower() in ("1", "true", "yes"):
+                values["announce_api"] = True
+            elif raw.lower() not in ("0", "false", "no"):
+                problems.append(f"FLAME_ANNOUNCE_API={raw!r} is not 1 or 0")
         if problems:
             raise ConfigError(problems)
         values.update(overrides)
@@ -238,4 +275,5 @@ class FlameConfig(BaseModel):
             "FLAME_WEBHOOK_URL": self.webhook_url,
             "FLAME_PARTNER_STATUS_GRACE": repr(self.partner_status_grace),
             "FLAME_STARTUP_TIMEOUT": repr(self.startup_timeout),
+            "FLAME_ANNOUNCE_API": "1" if self.announce_api else "0",
         }

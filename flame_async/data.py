@@ -16,9 +16,11 @@ from urllib.parse import quote
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._transport import Transport
+from ._transport import GatewayClient
+from ._wire import DatastoreList, KongService
 from .errors import (
     DataAccessError,
+    InvalidArgument,
     MissingExtra,
     NotFoundError,
     ServiceError,
@@ -70,8 +72,10 @@ class DataSource(BaseModel):
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_kong(cls, service: Mapping[str, Any]) -> DataSource:
+    def from_kong(cls, service: Mapping[str, Any] | KongService) -> DataSource:
         """Build from a Kong Service object."""
+        if isinstance(service, KongService):
+            service = service.model_dump(exclude_none=True)
         tags = tuple(str(t) for t in service.get("tags") or ())
         name = str(service.get("name") or service.get("id"))
         kind = DataSourceKind.UNKNOWN
@@ -88,19 +92,23 @@ class DataSource(BaseModel):
 
 
 class _SourceClient:
-    def __init__(self, transport: Transport, source: DataSource, apikey: str) -> None:
-        self._transport = transport
+    def __init__(self, gateway: GatewayClient, source: DataSource, apikey: str) -> None:
+        self._gateway = gateway
         self.source = source
         self._headers = {"apikey": apikey}
 
     def _error(self, target: str, exc: TransportError) -> DataAccessError:
+        if isinstance(exc, DataAccessError):
+            return exc
         status = exc.status if isinstance(exc, ServiceError) else None
         detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
         if status in (401, 403):
             detail += " (the data source token was refused: is DATA_SOURCE_TOKEN right?)"
         elif status == 404:
             detail += " (no such resource, key or route)"
-        return DataAccessError(self.source.name, target, status, detail)
+        return DataAccessError(
+            self.source.name, target, status, detail, method=exc.method, url=exc.url
+        )
 
 
 class FhirClient(_SourceClient):
@@ -116,7 +124,7 @@ class FhirClient(_SourceClient):
             DataAccessError: The proxy answered an error (names the source, query and status).
         """
         try:
-            body = await self._transport.request_json(
+            body = await self._gateway.request_json(
                 "GET",
                 self._path(query),
                 service="data",
@@ -127,7 +135,13 @@ class FhirClient(_SourceClient):
         except TransportError as exc:
             raise self._error(query, exc) from exc
         if not isinstance(body, dict):
-            raise DataAccessError(self.source.name, query, 200, "the answer is not a JSON object")
+            raise DataAccessError(
+                self.source.name,
+                query,
+                200,
+                "the answer is not a JSON object",
+                url=self._path(query),
+            )
         return body
 
     async def bundle(self, query: str) -> dict[str, Any]:
@@ -197,7 +211,7 @@ class S3Client(_SourceClient):
         """
         params = {"prefix": prefix} if prefix else None
         try:
-            body = await self._transport.request(
+            body = await self._gateway.request(
                 "GET",
                 self._path(),
                 service="data",
@@ -224,20 +238,30 @@ class S3Client(_SourceClient):
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream an object: ``async with s3.open(key) as chunks: async for b in chunks: ...``.
 
+        Chunks are at most ``chunk_size`` bytes.
+
         Raises:
-            DataAccessError: No such key, or reading failed.
+            DataAccessError: No such key, or reading failed (also when the connection breaks
+                while the chunks are read; it is a :class:`~flame_async.errors.TransportError`).
 
         Cancellation:
             Closes the connection.
         """
+        if chunk_size < 1:
+            raise InvalidArgument(f"chunk_size must be at least 1, got {chunk_size}")
         try:
-            async with self._transport.stream(
+            async with self._gateway.stream(
                 "GET", self._path(key), service="data", headers={**self._headers, "Accept": "*/*"}
             ) as response:
 
                 async def chunks() -> AsyncIterator[bytes]:
-                    async for chunk in response.content.iter_chunked(chunk_size):
-                        yield chunk
+                    async for chunk in response.iter_chunks():
+                        if len(chunk) <= chunk_size:
+                            yield bytes(chunk)  # no copy for bytes
+                            continue
+                        view = memoryview(chunk)
+                        for start in range(0, len(view), chunk_size):
+                            yield bytes(view[start : start + chunk_size])
 
                 yield chunks()
         except TransportError as exc:
@@ -258,13 +282,13 @@ class DataService:
     """The node's data sources and clients for them.
 
     Args:
-        transport: The borrowed transport.
+        gateway: Calls to the node's services (the borrowed transport underneath).
         project_id: The project whose stores are listed.
         apikey: The node's ``DATA_SOURCE_TOKEN``.
     """
 
-    def __init__(self, transport: Transport, *, project_id: str, apikey: str) -> None:
-        self._transport = transport
+    def __init__(self, gateway: GatewayClient, *, project_id: str, apikey: str) -> None:
+        self._gateway = gateway
         self._project_id = project_id
         self._apikey = apikey
         self._sources: list[DataSource] | None = None
@@ -276,13 +300,15 @@ class DataService:
             TransportError: The hub-adapter could not be reached or failed.
         """
         try:
-            body = await self._transport.request_json(
-                "GET", f"/hub-adapter/kong/datastore/{self._project_id}", service="hub-adapter"
+            listing = await self._gateway.request_model(
+                DatastoreList,
+                "GET",
+                f"/hub-adapter/kong/datastore/{self._project_id}",
+                service="hub-adapter",
             )
         except NotFoundError:
-            body = {"data": []}
-        items = body.get("data") if isinstance(body, dict) else None
-        self._sources = [DataSource.from_kong(s) for s in items or () if isinstance(s, dict)]
+            listing = DatastoreList()
+        self._sources = [DataSource.from_kong(s) for s in listing.data]
         return self._sources
 
     @property
@@ -312,9 +338,9 @@ class DataService:
         """
         found = self.source(source)
         if found.kind is DataSourceKind.FHIR:
-            return FhirClient(self._transport, found, self._apikey)
+            return FhirClient(self._gateway, found, self._apikey)
         if found.kind is DataSourceKind.S3:
-            return S3Client(self._transport, found, self._apikey)
+            return S3Client(self._gateway, found, self._apikey)
         raise UnknownDataSource(
             f"data source {found.name!r} is neither FHIR nor S3 (tags {found.tags})"
         )
@@ -334,7 +360,7 @@ class DataService:
         """
         result: dict[str, list[dict[str, Any]]] = {}
         for source in self._of_kind(DataSourceKind.FHIR):
-            client = FhirClient(self._transport, source, self._apikey)
+            client = FhirClient(self._gateway, source, self._apikey)
             for query in queries:
                 result.setdefault(query, []).extend(await client.search_all(query))
         return result
@@ -348,7 +374,7 @@ class DataService:
         """
         result: dict[str, bytes] = {}
         for source in self._of_kind(DataSourceKind.S3):
-            client = S3Client(self._transport, source, self._apikey)
+            client = S3Client(self._gateway, source, self._apikey)
             wanted = list(keys) if keys is not None else await client.list()
             for key in wanted:
                 result[key] = await client.get(key)

@@ -16,6 +16,7 @@ __all__ = [
     "DataAccessError",
     "DataSourceError",
     "FlameError",
+    "IncompleteResponse",
     "InvalidArgument",
     "MessageTimeout",
     "MissingExtra",
@@ -99,6 +100,10 @@ class TransportError(FlameError):
 
 class ServiceUnavailable(TransportError, ConnectionError):
     """The service could not be reached (connection refused or reset, DNS failure)."""
+
+
+class IncompleteResponse(ServiceUnavailable):
+    """The connection broke while the answer's body was being read (it was cut off)."""
 
 
 class RequestTimeout(TransportError, TimeoutError):
@@ -201,8 +206,11 @@ class UnknownDataSource(DataSourceError, LookupError):
     """No data source of this node has that id or name (or this node has no data at all)."""
 
 
-class DataAccessError(DataSourceError):
+class DataAccessError(DataSourceError, TransportError):
     """Reading a query or key from a data source failed.
+
+    It is also a :class:`TransportError` (service ``data``): the exchange with the node's data
+    proxy failed, by an error status or because the connection broke.
 
     Attributes:
         source: The data source's name.
@@ -210,13 +218,25 @@ class DataAccessError(DataSourceError):
         status: The HTTP status the data proxy answered (None for connection failures).
     """
 
-    def __init__(self, source: str, target: str, status: int | None, detail: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        status: int | None,
+        detail: str,
+        *,
+        method: str = "GET",
+        url: str = "",
+    ) -> None:
         self.source = source
         self.target = target
         self.status = status
         code = f"HTTP {status}" if status is not None else "no answer"
         super().__init__(
-            f"reading {target!r} from data source {source!r} failed ({code}): {detail}"
+            f"reading {target!r} from data source {source!r} failed ({code}): {detail}",
+            service="data",
+            method=method,
+            url=url,
         )
 
 

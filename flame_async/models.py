@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Category",
@@ -18,8 +18,6 @@ __all__ = [
     "ResultInfo",
     "RunStatus",
     "SendReport",
-    "StreamInfo",
-    "WireMeta",
 ]
 
 
@@ -76,6 +74,9 @@ class Category(StrEnum):
     INTERMEDIATE_DATA = "intermediate_data"
     NODE_STATUS = "flame_async.node_status"
     """Sent by flame-async when a node ends with failure, so its peers stop waiting at once."""
+    SETTLE = "flame_async.settle"
+    """Sent by flame-async to tell a receiver which message numbers it gave up on, so the
+    receiver stops holding later messages back for them (never handed over)."""
 
 
 class Participant(BaseModel):
@@ -90,45 +91,6 @@ class Participant(BaseModel):
 
     node_id: str
     role: NodeRole
-
-
-class StreamInfo(BaseModel):
-    """flame-async's ordering extension inside ``meta`` (ignored by flamesdk).
-
-    ``seq`` numbers the messages of one sender to each receiver from 1; ``floor`` tells each
-    receiver that every lower number has been settled by the sender (acknowledged or given up),
-    so a gap below it will never be filled. ``epoch`` changes when the sender restarts.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    epoch: StrictStr
-    seq: dict[str, StrictInt]
-    floor: dict[str, StrictInt] = Field(default_factory=dict)
-
-
-class WireMeta(BaseModel):
-    """The ``meta`` object of a flamesdk 0.6 message (PROTOCOL §2.7), plus optional extensions.
-
-    Unknown fields are kept so that a message can be acknowledged verbatim.
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    id: StrictStr = Field(min_length=1)
-    sender: StrictStr = Field(min_length=1)
-    category: StrictStr
-    akn_id: StrictStr | None = None
-    type: StrictStr = "outgoing"
-    status: StrictStr = "unread"
-    created_at: StrictStr | None = None
-    arrived_at: StrictStr | None = None
-    number: StrictInt = 0
-    stream: StreamInfo | None = None
-    reply_to: StrictStr | None = None
-    error: StrictStr | None = None
-    acks: list[StrictStr] | None = None
-    """flame-async only: further message ids this ack covers (acks coalesced per peer)."""
 
 
 class Message(BaseModel):
@@ -164,8 +126,11 @@ class SendReport(BaseModel):
 
     Attributes:
         message_id: Id of the message that was sent.
-        acked: Receivers that acknowledged it.
-        missing: Receivers that did not acknowledge it before the deadline.
+        acked: Receivers that acknowledged it: each has it, or will have it, handed over.
+        missing: Receivers that did not acknowledge it; nothing more will happen for them.
+        reasons: Why each missing receiver is missing (``{node_id: reason}``), e.g. no
+            acknowledgement before the deadline, refused by the broker, refused by the
+            receiver.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -173,6 +138,7 @@ class SendReport(BaseModel):
     message_id: str
     acked: tuple[str, ...]
     missing: tuple[str, ...]
+    reasons: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -18,20 +18,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import anyio
-import orjson
-from aiohttp import payload
-from aiohttp.abc import AbstractStreamWriter
 
 from . import codecs
-from ._transport import Transport
+from ._transport import GatewayClient, Multipart, parse_answer
+from ._wire import TaggedAnswer, TagsAnswer, UploadAnswer
 from .broker import BrokerService, Receivers
 from .errors import (
     InvalidArgument,
     NotAggregatorError,
     NotFoundError,
-    ServiceError,
 )
 from .models import Category, LocalDP, Message, ResultInfo, SendReport
 
@@ -43,7 +39,6 @@ TAG_RULE = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
 """The storage service's tag rule: 1-32 lowercase letters, digits and hyphens, no hyphen at
 either end."""
 
-_CHUNK = 1024 * 1024
 _THREAD_THRESHOLD = 256 * 1024
 """Values (or payloads) larger than this are encoded/decoded in a worker thread."""
 
@@ -59,49 +54,6 @@ def _large(value: object) -> bool:
     if isinstance(value, bytes | bytearray | str):
         return len(value) > _THREAD_THRESHOLD
     return type(value).__module__.split(".")[0] in ("pandas", "torch", "numpy")
-
-
-class _PartsPayload(payload.Payload):
-    """The encoded parts as an upload body of known size.
-
-    A known size lets the multipart body carry a Content-Length (no chunked framing, which would
-    copy every chunk); the parts are written as slices of their own memory.
-    """
-
-    def __init__(self, encoded: codecs.Encoded, filename: str) -> None:
-        super().__init__(encoded.parts, content_type=encoded.media_type, filename=filename)
-        self._parts = encoded.parts
-        self._size = encoded.size
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        """Not meaningful for binary parts; required by aiohttp's interface."""
-        return b"".join(self._parts).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        """Write every part in slices of at most 1 MiB."""
-        for part in self._parts:
-            view = memoryview(part).cast("B")
-            for start in range(0, len(view), _CHUNK):
-                await writer.write(view[start : start + _CHUNK])
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        """Write the parts (the length is the whole size by construction)."""
-        await self.write(writer)
-
-
-def _multipart(
-    encoded: codecs.Encoded, filename: str, fields: Mapping[str, str]
-) -> aiohttp.MultipartWriter:
-    writer = aiohttp.MultipartWriter("form-data")
-    for name, value in fields.items():
-        part = writer.append(value)
-        part.set_content_disposition("form-data", name=name)
-    body = _PartsPayload(encoded, filename)
-    body.set_content_disposition("form-data", name="file", filename=filename)
-    writer.append_payload(body)
-    return writer
 
 
 def split_result_id(result_id: str) -> tuple[str, str | None]:
@@ -123,13 +75,13 @@ class ResultsService:
     """The node's results: final (to the Hub), intermediate (to peers) and local (kept).
 
     Args:
-        transport: The borrowed transport.
+        gateway: Calls to the node's services (the borrowed transport underneath).
         broker: Messaging, for participants and ``intermediate_data`` announcements.
         analysis_id: Recorded in result infos.
     """
 
-    def __init__(self, transport: Transport, broker: BrokerService, *, analysis_id: str) -> None:
-        self._transport = transport
+    def __init__(self, gateway: GatewayClient, broker: BrokerService, *, analysis_id: str) -> None:
+        self._gateway = gateway
         self._broker = broker
         self._analysis_id = analysis_id
         self._saved: list[ResultInfo] = []
@@ -171,18 +123,22 @@ class ResultsService:
         *,
         expect: tuple[int, ...],
     ) -> bytes:
-        async with self._transport.stream(
-            "PUT",
-            path,
-            service="storage",
-            data=_multipart(encoded, filename, fields),
-            headers={"Accept": "application/json"},
-            expect=expect,
+        form = Multipart.form(
+            fields, file=encoded.parts, filename=filename, content_type=encoded.media_type
+        )
+        async with self._gateway.stream(
+            "PUT", path, service="storage", body=form, expect=expect
         ) as response:
             return await response.read()
 
     async def _download(self, path: str, params: Mapping[str, str] | None = None) -> bytearray:
-        async with self._transport.stream(
+        """The whole object, read into one buffer (sized up front when the size is known).
+
+        Raises:
+            TransportError: The service refused, or the body was cut off
+                (:class:`~flame_async.errors.IncompleteResponse`).
+        """
+        async with self._gateway.stream(
             "GET", path, service="storage", params=params, headers={"Accept": "*/*"}
         ) as response:
             size = response.content_length
@@ -190,14 +146,22 @@ class ResultsService:
                 buffer = bytearray(size)
                 view = memoryview(buffer)
                 filled = 0
-                async for chunk in response.content.iter_any():
+                async for chunk in response.iter_chunks():
+                    if filled + len(chunk) > size:  # more than announced: grow instead
+                        view.release()
+                        del buffer[filled:]
+                        buffer += chunk
+                        filled = len(buffer)
+                        view = memoryview(buffer)
+                        size = filled
+                        continue
                     view[filled : filled + len(chunk)] = chunk
                     filled += len(chunk)
                 view.release()
                 del buffer[filled:]
             else:
                 buffer = bytearray()
-                async for chunk in response.content.iter_any():
+                async for chunk in response.iter_chunks():
                     buffer += chunk
         return buffer
 
@@ -279,9 +243,10 @@ class ResultsService:
     # --------------------------------------------------------- intermediate
 
     async def save_intermediate_result(
-        self, result: Any, *, receivers: Receivers, allow_pickle: bool = False
+        self, result: Any, *, receivers: Receivers | None, allow_pickle: bool = False
     ) -> dict[str, ResultInfo]:
-        """Store ``result`` once per receiver in the analysis' temporary storage.
+        """Store ``result`` once per receiver (every other node if None) in the analysis'
+        temporary storage.
 
         Each receiver can read its copy once (the service deletes it after the read).
 
@@ -293,7 +258,11 @@ class ResultsService:
         Cancellation:
             Uploads already finished stay stored.
         """
-        targets = self._broker._receivers(receivers)
+        targets = (
+            [p.node_id for p in self._broker.participants]
+            if receivers is None
+            else self._broker.resolve(receivers)
+        )
         encoded = await self._encode(result, final=False, allow_pickle=allow_pickle)
         infos: dict[str, ResultInfo] = {}
         for receiver in targets:
@@ -316,17 +285,7 @@ class ResultsService:
         receiver: str | None = None,
         tag: str | None = None,
     ) -> ResultInfo:
-        try:
-            answer = orjson.loads(body)
-            url = str(answer["url"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ServiceError(
-                service="storage",
-                method="PUT",
-                url="/storage",
-                status=200,
-                detail=f"upload answer has no url: {body[:200]!r}",
-            ) from exc
+        url = parse_answer(UploadAnswer, body, service="storage", method="PUT", url="/storage").url
         path = urlsplit(url)
         result_id = path.path.rsplit("/", 1)[-1] + (f"?{path.query}" if path.query else "")
         other: dict[str, Any] = {"format": encoded.format, "url": url}
@@ -383,14 +342,15 @@ class ResultsService:
 
     async def send_intermediate_result(
         self,
-        receivers: Receivers,
+        receivers: Receivers | None,
         result: Any,
         *,
         category: str = Category.INTERMEDIATE_DATA,
         timeout: float = 60.0,
         allow_pickle: bool = False,
     ) -> SendReport:
-        """Store ``result`` for each receiver and announce it with one broker message.
+        """Store ``result`` for each receiver (every other node if None) and announce it with
+        one broker message.
 
         The message is flamesdk's ``intermediate_data`` shape: ``{"result_id": {receiver: id}}``.
 
@@ -582,21 +542,21 @@ class ResultsService:
         return values if which == "all" else values[0]
 
     async def _tag_entries(self, tag: str) -> list[tuple[str, str]]:
-        answer = await self._transport.request_json(
-            "GET", f"/storage/local/tags/{tag}", service="storage"
+        answer = await self._gateway.request_model(
+            TaggedAnswer, "GET", f"/storage/local/tags/{tag}", service="storage"
         )
-        results = answer.get("results", []) if isinstance(answer, dict) else []
-        return [
-            (str(r["url"]).rsplit("/local/", 1)[-1], str(r.get("filename", "")))
-            for r in results
-            if isinstance(r, dict) and "url" in r
-        ]
+        return [(r.url.rsplit("/local/", 1)[-1], r.filename) for r in answer.results]
 
     async def get_local_tags(self) -> list[str]:
-        """Tags of this project's local results."""
-        answer = await self._transport.request_json("GET", "/storage/local/tags", service="storage")
-        tags = answer.get("tags", []) if isinstance(answer, dict) else []
-        return [str(t["name"]) for t in tags if isinstance(t, dict) and "name" in t]
+        """Tags of this project's local results.
+
+        Raises:
+            TransportError: The storage service failed or answered something unexpected.
+        """
+        answer = await self._gateway.request_model(
+            TagsAnswer, "GET", "/storage/local/tags", service="storage"
+        )
+        return [t.name for t in answer.tags]
 
     async def list_intermediate_local_results(self) -> list[ResultInfo]:
         """Every tagged local result of this project (``other["tag"]`` names its tag)."""

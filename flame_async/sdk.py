@@ -1,30 +1,33 @@
 """``FlameSDK``: the one object an analysis enters.
 
-It owns the HTTP session, the node API server and one task group; the services (messaging,
-status, results, data) borrow them. Start-up and shutdown read top to bottom in
-:meth:`FlameSDK.__aenter__` and :meth:`FlameSDK.__aexit__`.
+It owns the transport (the HTTP session, or the in-memory link to a local platform), the node
+API and one task group; the services (messaging, status, results, data) borrow them. Start-up
+builds everything on one :class:`~contextlib.AsyncExitStack` into a frozen running state, and
+shutdown unwinds that stack: the order reads top to bottom in :meth:`FlameSDK._start`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import dataclasses
 import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
 
-import aiohttp
 import anyio
 from anyio.abc import TaskGroup
 
 from ._jwt import TokenStore
-from ._transport import Transport, retry_call
+from ._protocol import ProtocolSettings, Rejection
+from ._transport import AiohttpTransport, GatewayClient, Transport, retry_call
+from ._wire import ApiAnnouncement
 from .api import NodeApi
-from .broker import BrokerService, Handler, Receivers
-from .config import FlameConfig, node_environ
+from .broker import BrokerService, Handler, Receivers, discover, subscribe, unsubscribe
+from .config import FlameConfig, node_environ, node_transport
 from .data import DataService, DataSource, FhirClient, S3Client
 from .errors import SDKStateError, StartupError, TransportError
 from .models import (
@@ -40,11 +43,29 @@ from .models import (
 from .results import ResultsService
 from .status import PoLogHandler, Progress, StatusService
 
-__all__ = ["FlameSDK"]
+__all__ = ["ANNOUNCE_PATH", "FlameSDK"]
 
 log = logging.getLogger("flame_async.sdk")
 
-_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+ANNOUNCE_PATH: Final = "/local-platform/node-api"
+"""Where a node tells the local platform's gateway which port its API got (local only)."""
+
+_STARTING_HOLD: Final = 30.0
+"""Seconds a webhook that arrives during start-up waits for discovery before it gets 503."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Running:
+    """Everything a started node has; built once by :meth:`FlameSDK._start`."""
+
+    config: FlameConfig
+    gateway: GatewayClient
+    task_group: TaskGroup
+    api: NodeApi
+    api_port: int | None
+    broker: BrokerService
+    results: ResultsService
+    data: DataService
 
 
 class FlameSDK:
@@ -58,10 +79,16 @@ class FlameSDK:
 
     Args:
         config: The node configuration; read from ``os.environ`` when omitted.
+        transport: How the node reaches its gateway and is reached: an
+            :class:`~flame_async.AiohttpTransport` built from ``config`` when omitted (or what
+            the local runner set up for this node), or e.g. a
+            :class:`~flame_async.local.MemoryTransport`. The SDK enters and closes it.
         status_sync: Partner statuses this node adopts from ``/partner_status`` (PROTOCOL §5.5).
         ship_logs: Ship :attr:`logger` records (and status/progress) to the PO.
         log_level: Lowest level shipped to the PO.
         resend_initial: Seconds before an unacknowledged message is first sent again.
+        gap_timeout: Longest time a received message is held back for an earlier one of the
+            same sender that does not arrive (see docs/concepts/delivery.md).
         shutdown_timeout: Longest time the shutdown steps (status, log flush, unsubscribe) take.
         aggregator_requires_data: Load data sources on the aggregator too (analyzer nodes
             always load them).
@@ -76,114 +103,54 @@ class FlameSDK:
         self,
         config: FlameConfig | None = None,
         *,
+        transport: Transport | None = None,
         status_sync: tuple[str, ...] = ("executed", "stopped", "failed"),
         ship_logs: bool = True,
         log_level: int = logging.INFO,
         resend_initial: float = 1.0,
+        gap_timeout: float = 5.0,
         shutdown_timeout: float = 10.0,
         aggregator_requires_data: bool = False,
     ) -> None:
         self._config_arg = config
-        self._status_sync = status_sync
+        self._transport_arg = transport
         self._ship_logs = ship_logs
         self._log_level = log_level
-        self._resend_initial = resend_initial
+        self._settings = ProtocolSettings(resend_initial=resend_initial, gap_timeout=gap_timeout)
         self._shutdown_timeout = shutdown_timeout
         self._aggregator_requires_data = aggregator_requires_data
-        self._results: ResultsService | None = None
-        self._data: DataService | None = None
-        self._state = _NEW
-        self._stack: AsyncExitStack | None = None
-        self._config: FlameConfig | None = config
-        self._tokens: TokenStore | None = None
-        self._transport: Transport | None = None
-        self._broker: BrokerService | None = None
-        self._api: NodeApi | None = None
-        self._tg: TaskGroup | None = None
+        self._state: Literal["new", "starting", "open", "closed"] = "new"
+        self._running: _Running | None = None
+        self._stack = AsyncExitStack()
+        self._broker_ready: asyncio.Future[BrokerService] | None = None
+        self._exit_reason: tuple[str, str] | None = None
+        self._closing_by = 0.0
         self.status = StatusService(status_sync=status_sync)
         self.log_handler = PoLogHandler(self.status, level=log_level)
         self.logger = logging.getLogger("flame_async.analysis")
         """Logger whose records are shipped to the PO (its name gains the node id on enter)."""
 
     def __repr__(self) -> str:
-        node = self._broker.node_id if self._broker else "?"
+        node = self._running.broker.node_id if self._running else "?"
         return f"<FlameSDK node={node!r} state={self._state} status={self.status.status.value}>"
 
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        if self._state != _NEW:
+        if self._state != "new":
             raise SDKStateError("a FlameSDK can be entered once; create a new one")
-        self._state = _OPEN
-        config = self._config = self._config_arg or FlameConfig.from_env(node_environ())
-        stack = self._stack = AsyncExitStack()
-        tokens = self._tokens = TokenStore(config.keycloak_token)
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
-                # honour HTTP_PROXY & co. only where the platform's nginx name is used
-                trust_env=config.uses_platform_gateway,
-            )
-        )
-        transport = self._transport = Transport(
-            session, config.base, tokens, retry=config.retry, timeout=config.request_timeout
-        )
-        tg = self._tg = anyio.create_task_group()
-        await tg.__aenter__()
+        self._state = "starting"
         try:
-            await self._start(tg, transport, config)
+            config = self._config_arg or FlameConfig.from_env(node_environ())
+            self._running = await self._start(self._stack, config)
         except BaseException as exc:
-            self._state = _CLOSED
-            # same exit path as a failing analysis: status, traceback to the PO, peers told
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
-                await self._finish(type(exc), exc)
-            with contextlib.suppress(BaseExceptionGroup):  # the group repeats the failure
-                await self._close(exc)
+            self._state = "closed"
+            # the same exit as a failing analysis: status, traceback to the PO, peers told
+            self._final_status(exc)
+            await self._stack.aclose()  # each step shields itself (the task group cannot be)
             raise
+        self._state = "open"
         return self
-
-    async def _start(self, tg: TaskGroup, transport: Transport, config: FlameConfig) -> None:
-        """Start-up in PROTOCOL §6.1 order, except that the API listens before subscribing."""
-        self.status.analysis_id = config.analysis_id
-        self.status.grace = config.partner_status_grace
-        if self._ship_logs:
-            await tg.start(self.status.run_shipper, transport)
-        await self._wait_for_gateway(transport, config)
-        broker = self._broker = BrokerService(
-            transport,
-            analysis_id=config.analysis_id,
-            task_group=tg,
-            resend_initial=self._resend_initial,
-        )
-        api = self._api = NodeApi(
-            tokens=transport.tokens,
-            status=self.status,
-            on_webhook=broker.on_webhook,
-            on_partner_status=self._on_partner_status,
-            max_body=config.max_api_body_bytes,
-            waiting_for=broker.waiting_for,
-        )
-        await tg.start(api.serve, config.api_host, config.api_port)
-        self.status.started(time.monotonic())
-        await broker.subscribe(config.webhook_url)
-        await broker.discover()
-        self._results = ResultsService(transport, broker, analysis_id=config.analysis_id)
-        self._data = DataService(
-            transport,
-            project_id=config.project_id,
-            apikey=config.data_source_token.get_secret_value(),
-        )
-        if broker.role is NodeRole.DEFAULT or self._aggregator_requires_data:
-            await self._data.load_sources()
-        self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
-        if self._ship_logs:
-            self.logger.addHandler(self.log_handler)
-            if self.logger.level == logging.NOTSET:  # else INFO is dropped under root's WARNING
-                self.logger.setLevel(self._log_level)
-        self.status.set_status(RunStatus.EXECUTING)
-        log.debug(
-            "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
-        )
 
     async def __aexit__(
         self,
@@ -191,69 +158,153 @@ class FlameSDK:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != _OPEN:
+        if self._state != "open":
             return
-        self._state = _CLOSED
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
-            await self._finish(exc_type, exc)
-        await self._close(None)
+        self._state = "closed"
+        self._final_status(exc)
+        await self._stack.aclose()  # each step shields itself (the task group cannot be)
 
-    async def _close(self, exc: BaseException | None) -> None:
-        """Stop the background tasks (the task group is exited from its own scope), then close
-        the session, shielded so that cancellation cannot leave a socket open."""
-        self.logger.removeHandler(self.log_handler)
-        tg, stack = self._tg, self._stack
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(
-                    type(exc) if exc else None, exc, exc.__traceback__ if exc else None
-                )
-        finally:
-            if stack is not None:
-                with anyio.CancelScope(shield=True):
-                    await stack.aclose()
+    async def _start(self, stack: AsyncExitStack, config: FlameConfig) -> _Running:
+        """Start-up in PROTOCOL §6.1 order, except that the API listens before subscribing.
 
-    async def _finish(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None
-    ) -> None:
+        Each step registers its own undoing on ``stack``; unwinding it (LIFO) tells the peers,
+        deletes the subscription, ships the last logs, stops the background tasks and closes
+        the transport, in that order.
+        """
+        self.status.analysis_id = config.analysis_id
+        self.status.grace = config.partner_status_grace
+        factory = node_transport()
+        transport = self._transport_arg or (
+            factory(config) if factory is not None else AiohttpTransport.from_config(config)
+        )
+        await stack.enter_async_context(transport)
+        gateway = GatewayClient(
+            transport,
+            TokenStore(config.keycloak_token),
+            retry=config.retry,
+            timeout=config.request_timeout,
+        )
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)  # runs after the steps below, before tg exits
+        if self._ship_logs:
+            await tg.start(self.status.run_shipper, gateway)
+            stack.push_async_callback(self._ship_last_logs, gateway)
+        await self._wait_for_gateway(gateway, config)
+
+        self._broker_ready = asyncio.get_running_loop().create_future()
+        api = NodeApi(
+            tokens=gateway.tokens,
+            status=self.status,
+            on_webhook=self._on_webhook,
+            on_partner_status=self._on_partner_status,
+            max_body=config.max_api_body_bytes,
+            waiting_for=self.waiting_for,
+        )
+        api_port = await tg.start(transport.serve, api.handle)
+        if config.announce_api and api_port:
+            await gateway.request(
+                "PUT",
+                ANNOUNCE_PATH,
+                service="gateway",
+                json=ApiAnnouncement(port=api_port).wire(),
+                expect=(200, 204),
+            )
+        self.status.started(time.monotonic())
+
+        subscription = await subscribe(gateway, config.analysis_id, config.webhook_url)
+        stack.push_async_callback(self._unsubscribe, gateway, config.analysis_id, subscription)
+        discovery = await discover(gateway, config.analysis_id)
+        broker = BrokerService(
+            gateway,
+            analysis_id=config.analysis_id,
+            discovery=discovery,
+            task_group=tg,
+            settings=self._settings,
+        )
+        await tg.start(broker.run)
+        self._broker_ready.set_result(broker)
+        stack.push_async_callback(self._tell_peers, broker)
+
+        results = ResultsService(gateway, broker, analysis_id=config.analysis_id)
+        data = DataService(
+            gateway,
+            project_id=config.project_id,
+            apikey=config.data_source_token.get_secret_value(),
+        )
+        if broker.role is NodeRole.DEFAULT or self._aggregator_requires_data:
+            await data.load_sources()
+        self.logger = logging.getLogger(f"flame_async.analysis.{broker.node_id}")
+        if self._ship_logs:
+            self.logger.addHandler(self.log_handler)
+            stack.callback(self.logger.removeHandler, self.log_handler)
+            if self.logger.level == logging.NOTSET:  # else INFO is dropped under root's WARNING
+                self.logger.setLevel(self._log_level)
+        self.status.set_status(RunStatus.EXECUTING)
+        log.debug(
+            "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
+        )
+        return _Running(config, gateway, tg, api, api_port, broker, results, data)
+
+    def _final_status(self, exc: BaseException | None) -> None:
+        """Set the run status from how the block ended; the exit steps read the reason."""
+        self._closing_by = time.monotonic() + self._shutdown_timeout
         if exc is None:
             self.status.set_status(RunStatus.EXECUTED, force=True)
-        elif isinstance(exc, anyio.get_cancelled_exc_class()) or exc_type is KeyboardInterrupt:
+        elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
             self.status.set_status(RunStatus.STOPPED, cause="cancelled", force=True)
         else:
             text = "".join(traceback.format_exception(exc))
             self.status.enqueue(f"analysis failed:\n{text}", "error")
-            self.status.set_status(
-                RunStatus.FAILED, cause=f"{type(exc).__name__}: {exc}", force=True
-            )
-            if self._broker is not None:
-                await self._broker.broadcast_status(
-                    "failed",
-                    f"{type(exc).__name__}: {exc}",
-                    timeout=min(3.0, self._shutdown_timeout / 3),
-                )
-        if self._transport is not None and self._ship_logs:
-            await self.status.flush(self._transport)
-        await self._unsubscribe()
+            reason = f"{type(exc).__name__}: {exc}"
+            self.status.set_status(RunStatus.FAILED, cause=reason, force=True)
+            self._exit_reason = ("failed", reason)
 
-    async def _unsubscribe(self) -> None:
-        if self._broker is None:
+    def _time_left(self) -> float:
+        return max(0.0, self._closing_by - time.monotonic())
+
+    async def _tell_peers(self, broker: BrokerService) -> None:
+        if self._exit_reason is None:
             return
+        status, reason = self._exit_reason
+        with anyio.CancelScope(shield=True), anyio.move_on_after(min(3.0, self._time_left())):
+            await broker.broadcast_status(
+                status, reason, timeout=max(0.1, min(3.0, self._shutdown_timeout / 3))
+            )
+
+    async def _ship_last_logs(self, gateway: GatewayClient) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._time_left()):
+            await self.status.flush(gateway)
+
+    async def _unsubscribe(
+        self, gateway: GatewayClient, analysis_id: str, subscription_id: str
+    ) -> None:
         try:
-            with anyio.move_on_after(5):
-                await self._broker.unsubscribe()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(min(5.0, self._time_left())):
+                await unsubscribe(gateway, analysis_id, subscription_id)
         except TransportError as exc:
             log.debug("could not delete the webhook subscription: %s", exc)
 
-    async def _wait_for_gateway(self, transport: Transport, config: FlameConfig) -> None:
+    async def _on_webhook(self, body: bytes) -> Rejection | None:
+        """Webhook bodies go to the broker; during start-up they wait (bounded) for it."""
+        ready = self._broker_ready
+        if ready is None:
+            return Rejection(503, "starting", "node is still starting")
+        if not ready.done():
+            try:
+                async with asyncio.timeout(_STARTING_HOLD):
+                    await asyncio.shield(ready)
+            except TimeoutError:
+                return Rejection(503, "starting", "node is still starting")
+        return ready.result().on_webhook(body)
+
+    async def _wait_for_gateway(self, gateway: GatewayClient, config: FlameConfig) -> None:
         policy = config.retry.model_copy(
             update={"attempts": 10_000, "deadline": config.startup_timeout, "maximum": 1.0}
         )
         try:
             await retry_call(
                 policy,
-                lambda: transport.request(
+                lambda: gateway.request(
                     "GET",
                     "/healthz",
                     service="gateway",
@@ -272,9 +323,10 @@ class FlameSDK:
             ) from exc
 
     def _on_partner_status(self, statuses: Mapping[str, str | None]) -> None:
-        broker = self._broker
-        if broker is None:
+        ready = self._broker_ready
+        if ready is None or not ready.done():
             return
+        broker = ready.result()
         for node, status in statuses.items():
             if status in ("failed", "stopped"):
                 broker.close_peer(node, status, "reported by the platform")
@@ -282,12 +334,21 @@ class FlameSDK:
         if own in (RunStatus.FAILED, RunStatus.STOPPED):
             broker.close_all(own.value, "a partner node ended and this node adopted its status")
 
-    def _require(self) -> BrokerService:
-        if self._state != _OPEN or self._broker is None:
-            if self._state == _NEW:
+    @property
+    def _run(self) -> _Running:
+        """The running state.
+
+        Raises:
+            SDKStateError: Outside the ``async with`` block.
+        """
+        if self._state != "open" or self._running is None:
+            if self._state in ("new", "starting"):
                 raise SDKStateError("use the SDK inside 'async with FlameSDK() as flame:'")
             raise SDKStateError("this FlameSDK is closed; its 'async with' block has ended")
-        return self._broker
+        return self._running
+
+    def _require(self) -> BrokerService:
+        return self._run.broker
 
     # ------------------------------------------------------------ identity
 
@@ -298,14 +359,16 @@ class FlameSDK:
         Raises:
             SDKStateError: Before entering when no config was passed.
         """
-        if self._config is None:
+        if self._running is not None:
+            return self._running.config
+        if self._config_arg is None:
             raise SDKStateError("the configuration is read on enter; use 'async with FlameSDK()'")
-        return self._config
+        return self._config_arg
 
     def _identity(self) -> BrokerService:
-        if self._broker is None or not self._broker.node_id:
+        if self._running is None:
             raise SDKStateError("the node id is known once 'async with FlameSDK()' has started")
-        return self._broker
+        return self._running.broker
 
     @property
     def node_id(self) -> str:
@@ -347,12 +410,12 @@ class FlameSDK:
     @property
     def api_port(self) -> int | None:
         """The port the node API listens on (useful when configured as 0)."""
-        return self._api.port if self._api else None
+        return self._running.api_port if self._running else None
 
     @property
     def rejected_requests(self) -> Mapping[str, int]:
         """Malformed requests the node API refused, counted by reason."""
-        return dict(self._api.rejected) if self._api else {}
+        return dict(self._running.api.rejected) if self._running else {}
 
     def get_participants(self) -> list[Participant]:
         """The other nodes of the analysis (this node excluded), sorted by id."""
@@ -379,15 +442,17 @@ class FlameSDK:
 
     async def send_message(
         self,
-        receivers: Receivers,
+        receivers: Receivers | None,
         data: Mapping[str, Any] | None = None,
         *,
         category: str,
         timeout: float = 60.0,
     ) -> SendReport:
-        """Send ``data`` (a JSON object) and wait for acknowledgements.
+        """Send ``data`` (a JSON object) to ``receivers`` (every other node if None) and wait
+        for acknowledgements.
 
-        See :meth:`BrokerService.send_message` for resends, errors and cancellation.
+        Returns a :class:`SendReport`: who acknowledged, who is missing and why. See
+        :meth:`BrokerService.send_message` for resends, errors and cancellation.
         """
         return await self._require().send_message(
             receivers, data, category=category, timeout=timeout
@@ -535,15 +600,9 @@ class FlameSDK:
 
     def waiting_for(self) -> list[str]:
         """What this node is waiting for right now (also reported on ``/healthz``)."""
-        return self._broker.waiting_for() if self._broker is not None else []
+        return self._running.broker.waiting_for() if self._running is not None else []
 
     # -------------------------------------------------------------- results
-
-    def _services(self) -> tuple[ResultsService, DataService]:
-        self._require()
-        if self._results is None or self._data is None:  # pragma: no cover - set on enter
-            raise SDKStateError("the SDK has not finished starting")
-        return self._results, self._data
 
     async def send_result(
         self,
@@ -560,7 +619,7 @@ class FlameSDK:
             NotAggregatorError: This node is not the aggregator (before any I/O).
             CodecError: The result cannot be encoded safely.
         """
-        return await self._services()[0].send_result(
+        return await self._run.results.send_result(
             result,
             filename=filename,
             local_dp=local_dp,
@@ -572,7 +631,7 @@ class FlameSDK:
         self, result: Any, *, receivers: Receivers, allow_pickle: bool = False
     ) -> dict[str, ResultInfo]:
         """Store ``result`` once per receiver (each copy readable once)."""
-        return await self._services()[0].save_intermediate_result(
+        return await self._run.results.save_intermediate_result(
             result, receivers=receivers, allow_pickle=allow_pickle
         )
 
@@ -585,7 +644,7 @@ class FlameSDK:
         allow_pickle: bool = False,
     ) -> ResultInfo:
         """Keep ``result`` in this node's local storage, optionally under a project-wide tag."""
-        return await self._services()[0].save_intermediate_result_local(
+        return await self._run.results.save_intermediate_result_local(
             result, tag=tag, filename=filename, allow_pickle=allow_pickle
         )
 
@@ -593,7 +652,7 @@ class FlameSDK:
         self, result_id: str | ResultInfo, *, sender: str | None = None, allow_pickle: bool = False
     ) -> Any:
         """Download and decode a global intermediate result stored for this node."""
-        return await self._services()[0].get_intermediate_result(
+        return await self._run.results.get_intermediate_result(
             result_id, sender=sender, allow_pickle=allow_pickle
         )
 
@@ -606,25 +665,25 @@ class FlameSDK:
         allow_pickle: bool = False,
     ) -> Any:
         """Read local results by id, or by tag (all, first or last)."""
-        return await self._services()[0].get_intermediate_result_local(
+        return await self._run.results.get_intermediate_result_local(
             result_id, tag=tag, which=which, allow_pickle=allow_pickle
         )
 
     def list_intermediate_results(self) -> list[ResultInfo]:
         """Global intermediate results sent by this node and announced to it in this run."""
-        return self._services()[0].list_intermediate_results()
+        return self._run.results.list_intermediate_results()
 
     async def list_intermediate_local_results(self) -> list[ResultInfo]:
         """Tagged local results of this project."""
-        return await self._services()[0].list_intermediate_local_results()
+        return await self._run.results.list_intermediate_local_results()
 
     async def get_local_tags(self) -> list[str]:
         """Tags of this project's local results."""
-        return await self._services()[0].get_local_tags()
+        return await self._run.results.get_local_tags()
 
     async def send_intermediate_result(
         self,
-        receivers: Receivers,
+        receivers: Receivers | None,
         result: Any,
         *,
         category: str = "intermediate_data",
@@ -632,7 +691,7 @@ class FlameSDK:
         allow_pickle: bool = False,
     ) -> SendReport:
         """Store ``result`` for each receiver and announce it (flamesdk ``intermediate_data``)."""
-        return await self._services()[0].send_intermediate_result(
+        return await self._run.results.send_intermediate_result(
             receivers, result, category=category, timeout=timeout, allow_pickle=allow_pickle
         )
 
@@ -645,7 +704,7 @@ class FlameSDK:
         allow_pickle: bool = False,
     ) -> Any:
         """Wait for ``sender``'s intermediate result and decode it."""
-        return await self._services()[0].await_intermediate_result(
+        return await self._run.results.await_intermediate_result(
             sender, category=category, timeout=timeout, allow_pickle=allow_pickle
         )
 
@@ -658,7 +717,7 @@ class FlameSDK:
         allow_pickle: bool = False,
     ) -> dict[str, Any]:
         """One intermediate result from each sender (all peers if None); None where none came."""
-        return await self._services()[0].await_intermediate_results(
+        return await self._run.results.await_intermediate_results(
             senders, category=category, timeout=timeout, allow_pickle=allow_pickle
         )
 
@@ -666,7 +725,7 @@ class FlameSDK:
 
     def get_data_sources(self) -> list[DataSource]:
         """This node's data sources (empty on an aggregator unless ``aggregator_requires_data``)."""
-        return self._services()[1].sources
+        return self._run.data.sources
 
     def get_data_client(self, source: DataSource | str) -> FhirClient | S3Client:
         """A FHIR or S3 client for ``source`` (id or name).
@@ -674,17 +733,17 @@ class FlameSDK:
         Raises:
             UnknownDataSource: No such source on this node.
         """
-        return self._services()[1].client(source)
+        return self._run.data.client(source)
 
     async def get_fhir_data(self, queries: list[str] | str) -> dict[str, list[dict[str, Any]]]:
         """Resources per FHIR query (all pages, every FHIR source of this node)."""
-        return await self._services()[1].get_fhir_data(
+        return await self._run.data.get_fhir_data(
             [queries] if isinstance(queries, str) else queries
         )
 
     async def get_s3_data(self, keys: list[str] | None = None) -> dict[str, bytes]:
         """Objects per key from this node's S3 sources (all objects when ``keys`` is None)."""
-        return await self._services()[1].get_s3_data(keys)
+        return await self._run.data.get_s3_data(keys)
 
     # --------------------------------------------------------------- status
 

@@ -9,12 +9,12 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ._transport import Transport
+from ._transport import GatewayClient
+from ._wire import LogType, StreamLog
 from .errors import FlameError, InvalidArgument
 from .models import RunStatus
 
@@ -22,10 +22,16 @@ __all__ = ["PoLogHandler", "Progress", "StatusService"]
 
 log = logging.getLogger("flame_async.status")
 
-_LOG_TYPES = ((50, "crit"), (40, "error"), (30, "warn"), (25, "notice"), (20, "info"))
+_LOG_TYPES: tuple[tuple[int, LogType], ...] = (
+    (50, "crit"),
+    (40, "error"),
+    (30, "warn"),
+    (25, "notice"),
+    (20, "info"),
+)
 
 
-def log_type_for(levelno: int) -> str:
+def log_type_for(levelno: int) -> LogType:
     """Map a :mod:`logging` level to the PO's ``log_type`` vocabulary."""
     for threshold, name in _LOG_TYPES:
         if levelno >= threshold:
@@ -147,7 +153,7 @@ class StatusService:
         self.dropped = 0
         self.shipped = 0
         self.analysis_id = ""
-        self._queue: collections.deque[tuple[str, str, RunStatus, int]] = collections.deque(
+        self._queue: collections.deque[tuple[str, LogType, RunStatus, int]] = collections.deque(
             maxlen=queue_size
         )
         self._wake = anyio.Event()
@@ -215,7 +221,7 @@ class StatusService:
 
     # ------------------------------------------------------------------ logs
 
-    def enqueue(self, text: str, log_type: str) -> None:
+    def enqueue(self, text: str, log_type: LogType) -> None:
         """Queue one log line for the PO; drops the oldest when the queue is full."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
@@ -232,7 +238,7 @@ class StatusService:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def run_shipper(
-        self, transport: Transport, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self, transport: GatewayClient, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Post queued logs (and progress changes) to ``/po/stream_logs`` until cancelled.
 
@@ -251,7 +257,7 @@ class StatusService:
             self._wake = anyio.Event()
             await self._ship_all(transport)
 
-    async def flush(self, transport: Transport) -> None:
+    async def flush(self, transport: GatewayClient) -> None:
         """Ship everything queued now (used at shutdown).
 
         Cancellation:
@@ -259,7 +265,7 @@ class StatusService:
         """
         await self._ship_all(transport)
 
-    async def _ship_all(self, transport: Transport) -> None:
+    async def _ship_all(self, transport: GatewayClient) -> None:
         # one shipper at a time (the background task and the shutdown flush), in order
         async with self._ship_lock:
             while self._queue or self.progress.percent != self._reported_progress:
@@ -268,16 +274,21 @@ class StatusService:
                 else:
                     text, log_type = f"progress {self.progress.percent}%", "debug"
                     status, progress = self.status, self.progress.percent
-                body: dict[str, Any] = {
-                    "log": text,
-                    "log_type": log_type,
-                    "analysis_id": self.analysis_id,
-                    "status": status.value,
-                    "progress": progress,
-                }
+                body = StreamLog.model_construct(  # built from typed values: no re-validation
+                    log=text,
+                    log_type=log_type,
+                    analysis_id=self.analysis_id,
+                    status=status.value,
+                    progress=progress,
+                )
                 try:
                     await transport.request(
-                        "POST", "/po/stream_logs", service="po", json=body, retry=False, timeout=10
+                        "POST",
+                        "/po/stream_logs",
+                        service="po",
+                        json=body.wire(),
+                        retry=False,
+                        timeout=10,
                     )
                 except FlameError as exc:
                     self.failed_posts += 1

@@ -1,0 +1,50 @@
+"""The sans-I/O node protocol: every messaging decision, events in, actions out.
+
+:class:`NodeProtocol` owns numbering, de-duplication, per-sender order, how gaps close, acks
+and their batching, peer lifecycle, category dispatch, reply and waiter matching and the
+validation of webhook bodies. It never does I/O, reads a clock or touches an event loop; the
+broker service (:mod:`flame_async.broker`) feeds it events with the time and performs the
+actions it returns. Its tests drive it synchronously.
+"""
+
+from ._actions import (
+    AcksPending,
+    Action,
+    AnalysisFinished,
+    Instant,
+    PeerEnded,
+    Post,
+    PostFailure,
+    PostKind,
+    Rejection,
+    RunHandler,
+    Settled,
+    Wake,
+)
+from ._core import NodeProtocol, ProtocolSettings
+from ._mailbox import Mailbox, Waiter
+from ._ordering import Arrival, SenderStream
+from ._wiretime import format_wire_time, parse_wire_time
+
+__all__ = [
+    "AcksPending",
+    "Action",
+    "AnalysisFinished",
+    "Arrival",
+    "Instant",
+    "Mailbox",
+    "NodeProtocol",
+    "PeerEnded",
+    "Post",
+    "PostFailure",
+    "PostKind",
+    "ProtocolSettings",
+    "Rejection",
+    "RunHandler",
+    "SenderStream",
+    "Settled",
+    "Waiter",
+    "Wake",
+    "format_wire_time",
+    "parse_wire_time",
+]

@@ -1,0 +1,188 @@
+"""Handed-over messages waiting for the analysis, the waits for them, and which peers ended.
+
+A message leaves its queue only when :meth:`Mailbox.take` hands it to a caller. Waiters are
+registered with what they wait for; when a matching message is queued or an awaited peer ends,
+the mailbox names the waiters to wake. A woken waiter takes its message itself, so a waiter
+that is cancelled or times out in between takes nothing with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+
+from ..errors import PeerFailed
+from ..models import Message
+
+__all__ = ["Mailbox", "Waiter"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Waiter:
+    """One wait: messages of ``category`` (any if None) from ``senders`` (any if None)."""
+
+    senders: frozenset[str] | None
+    category: str | None
+
+    def wants(self, sender: str, category: str | None) -> bool:
+        """True if a message (or news about a peer, ``category`` None) may be for it."""
+        if self.senders is not None and sender not in self.senders:
+            return False
+        return category is None or self.category is None or category == self.category
+
+    def describe(self) -> str:
+        """One line for diagnostics."""
+        who = ", ".join(sorted(self.senders)) if self.senders is not None else "any node"
+        what = f"a {self.category!r} message" if self.category else "a message"
+        return f"{what} from {who}"
+
+
+class Mailbox:
+    """Per-sender FIFO queues, registered waits and ended peers of one node.
+
+    Args:
+        participants: The other nodes (waits on all peers mean these).
+    """
+
+    def __init__(self, participants: Iterable[str]) -> None:
+        self.participants = frozenset(participants)
+        self._queues: dict[str, deque[Message]] = {}
+        self._waiters: dict[int, Waiter] = {}
+        self._next_waiter = 0
+        self.closed: dict[str, PeerFailed] = {}
+        self.closed_all: PeerFailed | None = None
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def enqueue(self, message: Message) -> tuple[int, ...]:
+        """Queue ``message`` after its sender's others; returns the waiters to wake."""
+        self._queues.setdefault(message.sender, deque()).append(message)
+        return self.waiters_for(message.sender, message.category)
+
+    def requeue(self, message: Message) -> None:
+        """Put a taken message back where it was (a wait was abandoned after taking it)."""
+        queue = self._queues.setdefault(message.sender, deque())
+        index = 0
+        for index, queued in enumerate(queue):  # noqa: B007 - the position is the result
+            if queued.arrived_at > message.arrived_at:
+                break
+        else:
+            index = len(queue)
+        queue.insert(index, message)
+
+    def take(
+        self,
+        senders: Collection[str] | None,
+        predicate: Callable[[Message], bool] | None = None,
+    ) -> Message | None:
+        """Remove and return the oldest queued message of ``senders`` (any sender if None).
+
+        Among several senders the one whose first matching message arrived first wins; within
+        one sender the first message matching ``predicate`` in FIFO order is taken.
+        """
+        best: tuple[Message, str, int] | None = None
+        names = self._queues.keys() if senders is None else senders
+        for sender in names:
+            queue = self._queues.get(sender)
+            if not queue:
+                continue
+            for index, message in enumerate(queue):
+                if predicate is None or predicate(message):
+                    if best is None or message.arrived_at < best[0].arrived_at:
+                        best = (message, sender, index)
+                    break
+        if best is None:
+            return None
+        message, sender, index = best
+        del self._queues[sender][index]
+        return message
+
+    def peek(
+        self,
+        senders: Collection[str] | None = None,
+        predicate: Callable[[Message], bool] | None = None,
+    ) -> list[Message]:
+        """Queued messages, oldest first, without removing them."""
+        names = self._queues.keys() if senders is None else senders
+        found = [
+            m for s in names for m in self._queues.get(s, ()) if predicate is None or predicate(m)
+        ]
+        return sorted(found, key=lambda m: m.arrived_at)
+
+    def queued_count(self) -> int:
+        """How many messages wait in all queues."""
+        return sum(len(q) for q in self._queues.values())
+
+    # -- waiters -----------------------------------------------------------------------------
+
+    def add_waiter(self, senders: frozenset[str] | None, category: str | None) -> int:
+        """Register a wait; returns its id."""
+        self._next_waiter += 1
+        self._waiters[self._next_waiter] = Waiter(senders, category)
+        return self._next_waiter
+
+    def remove_waiter(self, waiter_id: int) -> None:
+        """Forget a wait (unknown ids are ignored)."""
+        self._waiters.pop(waiter_id, None)
+
+    def waiters_for(self, sender: str | None, category: str | None) -> tuple[int, ...]:
+        """The waits that news from ``sender`` (every wait if None) may concern."""
+        if sender is None:
+            return tuple(self._waiters)
+        return tuple(i for i, w in self._waiters.items() if w.wants(sender, category))
+
+    def describe_waits(self) -> list[str]:
+        """One line per wait."""
+        return [w.describe() for w in self._waiters.values()]
+
+    # -- ended peers -------------------------------------------------------------------------
+
+    def close_peer(self, node_id: str, status: str, reason: str) -> PeerFailed | None:
+        """Record that ``node_id`` ended; returns the record if this is news."""
+        if node_id not in self.participants or node_id in self.closed:
+            return None
+        failure = self.closed[node_id] = PeerFailed(node_id, status, reason)
+        return failure
+
+    def close_all(self, status: str, reason: str) -> PeerFailed | None:
+        """Every wait ends: this node adopted a terminal status (returns it if news)."""
+        if self.closed_all is not None:
+            return None
+        self.closed_all = PeerFailed(None, status, reason)
+        return self.closed_all
+
+    def failure(self) -> PeerFailed | None:
+        """The first peer failure seen (or the adopted status), if any."""
+        if self.closed_all is not None:
+            return self.closed_all
+        return next((c for c in self.closed.values() if c.status != "executed"), None)
+
+    def check_closed(self, senders: frozenset[str] | None) -> None:
+        """Raise when every awaited sender has ended (a failure first, else a finish).
+
+        Raises:
+            PeerFailed: Nobody awaited will send anything more.
+        """
+        if self.closed_all is not None:
+            raise self.closed_all
+        names = self.participants if senders is None else senders
+        closed = [self.closed[s] for s in names if s in self.closed]
+        if closed and len(closed) == len(names):
+            failed = [c for c in closed if c.status != "executed"]
+            raise (failed or closed)[0]
+
+    def drop_ended(self, remaining: set[str]) -> None:
+        """Stop waiting for finished senders; raise for a failed or stopped one.
+
+        Raises:
+            PeerFailed: An awaited sender failed or stopped (or this node adopted a status).
+        """
+        if self.closed_all is not None:
+            raise self.closed_all
+        for name in sorted(remaining):
+            closed = self.closed.get(name)
+            if closed is not None and closed.status != "executed":
+                raise closed
+            if closed is not None:
+                remaining.discard(name)

@@ -1,0 +1,51 @@
+"""The transport seam: the project's own HTTP types, the transports, and calls to the gateway.
+
+Nothing above this package uses an aiohttp type: services build :class:`Request` objects (or
+call :class:`GatewayClient`), transports carry them, and every failure, also while a body is
+read, arrives as a :class:`~flame_async.errors.TransportError`.
+"""
+
+from ._aiohttp import AiohttpTransport
+from ._base import Transport
+from ._client import GatewayClient, parse_answer
+from ._errors import RETRYABLE_STATUS, detail_of, is_retryable, retry_call, status_error
+from ._http import (
+    Body,
+    BodyTooLarge,
+    Buffer,
+    FileBody,
+    Form,
+    FormPart,
+    Handler,
+    Multipart,
+    Part,
+    Request,
+    Response,
+    lower_headers,
+    read_limited,
+)
+
+__all__ = [
+    "RETRYABLE_STATUS",
+    "AiohttpTransport",
+    "Body",
+    "BodyTooLarge",
+    "Buffer",
+    "FileBody",
+    "Form",
+    "FormPart",
+    "GatewayClient",
+    "Handler",
+    "Multipart",
+    "Part",
+    "Request",
+    "Response",
+    "Transport",
+    "detail_of",
+    "is_retryable",
+    "lower_headers",
+    "parse_answer",
+    "read_limited",
+    "retry_call",
+    "status_error",
+]

@@ -1,0 +1,313 @@
+"""The aiohttp transport: real HTTP to the node gateway, and the node API's HTTP server.
+
+This module and :mod:`._server` are where aiohttp meets the project's own
+:class:`~flame_async._transport.Request` and :class:`~flame_async._transport.Response`: every
+aiohttp exception is translated here, also those raised while a body is read, so nothing above
+the transport ever sees one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import aiohttp
+import anyio
+from aiohttp import payload
+from aiohttp.abc import AbstractStreamWriter
+from anyio.abc import TaskStatus
+from yarl import URL
+
+from ..errors import (
+    IncompleteResponse,
+    RequestTimeout,
+    SDKStateError,
+    ServiceError,
+    ServiceUnavailable,
+    TransportError,
+)
+from ._http import Buffer, Handler, Multipart, Part, Request, Response
+from ._server import serve_handler
+
+if TYPE_CHECKING:
+    from ..config import FlameConfig
+
+__all__ = ["AiohttpTransport"]
+
+log = logging.getLogger("flame_async.transport")
+
+_CHUNK = 1 << 20
+
+
+class _PartPayload(payload.Payload):
+    """One multipart part written from its buffers, in slices, with its size known up front.
+
+    A known size lets the body carry a Content-Length (no chunked framing, which would copy
+    every chunk); the buffers are written as slices of their own memory.
+    """
+
+    def __init__(self, part: Part) -> None:
+        super().__init__(
+            part.data,
+            content_type=part.content_type,
+            filename=part.filename,
+        )
+        self._buffers = part.data
+        self._size = part.size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """Not meaningful for binary parts; required by aiohttp's interface."""
+        return b"".join(bytes(b) for b in self._buffers).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        """Write every buffer in slices of at most 1 MiB."""
+        for buffer in self._buffers:
+            view = memoryview(buffer).cast("B")
+            for start in range(0, len(view), _CHUNK):
+                await writer.write(view[start : start + _CHUNK])
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        """Write the buffers (the length is the whole size by construction)."""
+        await self.write(writer)
+
+
+def _encode_form(form: Multipart) -> aiohttp.MultipartWriter:
+    writer = aiohttp.MultipartWriter("form-data")
+    for part in form.parts:
+        body = _PartPayload(part)
+        if part.filename is None:
+            body.set_content_disposition("form-data", name=part.name)
+        else:
+            body.set_content_disposition("form-data", name=part.name, filename=part.filename)
+        writer.append_payload(body)
+    return writer
+
+
+class _AiohttpResponse(Response):
+    """A client response whose body is read from aiohttp, failures mapped to FlameErrors."""
+
+    __slots__ = ("_raw", "_where")
+
+    def __init__(self, raw: aiohttp.ClientResponse, where: tuple[str, str, str]) -> None:
+        super().__init__(
+            raw.status,
+            headers={k: v for k, v in raw.headers.items()},  # noqa: C416 - CIMultiDict to dict
+            content_length=raw.content_length,
+        )
+        self._raw = raw
+        self._where = where  # service, method, url
+
+    def _failed(self, exc: BaseException) -> TransportError:
+        service, method, url = self._where
+        if isinstance(exc, TimeoutError):
+            return RequestTimeout(
+                f"{service} stopped sending the answer to {method} {url} (timeout)",
+                service=service,
+                method=method,
+                url=url,
+            )
+        return IncompleteResponse(
+            f"the answer of {service} to {method} {url} was cut off: {exc}",
+            service=service,
+            method=method,
+            url=url,
+        )
+
+    async def iter_chunks(self) -> AsyncIterator[Buffer]:
+        """The body as it arrives.
+
+        Raises:
+            IncompleteResponse: The connection broke before the body was complete.
+            RequestTimeout: The body stopped arriving.
+        """
+        content = self._raw.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise self._failed(exc) from exc
+            if not chunk:
+                return
+            yield chunk
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body (one aiohttp read on the message hot path).
+
+        Raises:
+            IncompleteResponse: The connection broke before the body was complete.
+            RequestTimeout: The body stopped arriving.
+        """
+        if limit is not None:
+            return await super().read(limit)
+        try:
+            return await self._raw.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+
+class AiohttpTransport:
+    """HTTP to the node gateway over one aiohttp session, and the node API on a TCP socket.
+
+    Args:
+        base_url: The gateway base URL (``http://nginx-{DEPLOYMENT_NAME}`` on the platform).
+        api_host: Address the node API listens on.
+        api_port: Port the node API listens on (0: any free port, reported on start).
+        api_socket: A listening socket to serve the node API on instead of binding one; the
+            transport takes it over and closes it.
+        trust_env: Honour ``HTTP_PROXY`` and friends (what a container on the platform needs).
+        connections: Most connections kept open at once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_host: str = "0.0.0.0",  # noqa: S104 - the platform's nginx must reach the API
+        api_port: int = 8000,
+        api_socket: socket.socket | None = None,
+        trust_env: bool = False,
+        connections: int = 256,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._api_host = api_host
+        self._api_port = api_port
+        self._api_socket = api_socket
+        self._trust_env = trust_env
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: FlameConfig, *, api_socket: socket.socket | None = None
+    ) -> AiohttpTransport:
+        """The transport a node with ``config`` uses (its gateway, its API address)."""
+        return cls(
+            config.base_url,
+            api_host=config.api_host,
+            api_port=config.api_port,
+            api_socket=api_socket,
+            # honour HTTP_PROXY & co. only where the platform's nginx name is used
+            trust_env=config.uses_platform_gateway,
+        )
+
+    def __repr__(self) -> str:
+        return f"AiohttpTransport({self._base!r})"
+
+    async def __aenter__(self) -> Self:
+        """Open the session.
+
+        Raises:
+            SDKStateError: The transport was entered before.
+        """
+        if self._session is not None:
+            raise SDKStateError("an AiohttpTransport can be entered once")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300),
+            trust_env=self._trust_env,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the session and, if it was never served, the handed-over API socket."""
+        session = self._session
+        if session is not None:
+            with anyio.CancelScope(shield=True):
+                await session.close()
+        if self._api_socket is not None:
+            self._api_socket.close()
+
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = URL(self._base + path, encoded=True)
+            if len(self._urls) < 256:  # the fixed service paths; not every object id
+                self._urls[path] = url
+        return url
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Response]:
+        """Send ``request``; the response is open (its connection held) inside the block.
+
+        Raises:
+            ServiceUnavailable: The gateway could not be reached.
+            RequestTimeout: No answer in time.
+            SDKStateError: The transport is not entered.
+
+        Cancellation:
+            The request is abandoned and its connection released.
+        """
+        session = self._session
+        if session is None:
+            raise SDKStateError("the transport is not open (enter it with 'async with')")
+        url = (
+            URL(f"{self._base}{request.path}?{request.query_string}", encoded=True)
+            if request.query_string
+            else self._url(request.path)
+        )
+        body: Any = request.body
+        if isinstance(body, Multipart):
+            body = _encode_form(body)
+        timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
+        try:
+            raw = await session.request(
+                request.method,
+                url,
+                data=body,
+                headers=request.headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, request.service, request.method, str(url)) from exc
+        try:
+            yield _AiohttpResponse(raw, (request.service, request.method, str(url)))
+        finally:
+            raw.release()
+
+    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
+        """Serve ``handler`` over HTTP on the API address (or the handed-over socket).
+
+        Raises:
+            StartupError: The address cannot be bound.
+
+        Cancellation:
+            Closes the listening socket and open connections (shielded, bounded).
+        """
+        sock, self._api_socket = self._api_socket, None
+        await serve_handler(
+            handler,
+            host=self._api_host,
+            port=self._api_port,
+            sock=sock,
+            task_status=task_status,
+        )
+
+
+def _translate(exc: BaseException, service: str, method: str, url: str) -> TransportError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return RequestTimeout(
+            f"{service} did not answer {method} {url} in time",
+            service=service,
+            method=method,
+            url=url,
+        )
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ServiceError(
+            service=service, method=method, url=url, status=exc.status, detail=exc.message
+        )
+    return ServiceUnavailable(
+        f"cannot reach {service} at {url}: {exc}", service=service, method=method, url=url
+    )

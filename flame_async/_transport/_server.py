@@ -1,0 +1,220 @@
+"""Serving a :data:`~flame_async._transport.Handler` over HTTP with aiohttp's server.
+
+The node API and the local platform's gateways are written against the project's own request
+and response types; this adapter turns aiohttp's inbound requests into those and writes the
+answers back. Bodies stream both ways: a request body is an async byte iterator (or, for
+``multipart/form-data``, a :class:`~flame_async._transport.Form` read part by part) and an
+answer's body is written as it is produced, a :class:`~flame_async._transport.FileBody` with
+``sendfile``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from anyio.abc import TaskStatus
+
+from ..errors import StartupError
+from ._http import Body, Buffer, FileBody, Form, FormPart, Handler, Request, Response
+
+__all__ = ["aiohttp_app", "serve_handler", "to_request", "write_response"]
+
+log = logging.getLogger("flame_async.transport")
+
+_CHUNK: Final = 1 << 20
+_SHUTDOWN_TIMEOUT: Final = 1.0
+
+
+class _Part:
+    """A part of an inbound multipart body, read from aiohttp's part reader."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: BodyPartReader) -> None:
+        self._reader = reader
+
+    @property
+    def name(self) -> str | None:
+        return self._reader.name
+
+    @property
+    def filename(self) -> str | None:
+        return self._reader.filename
+
+    @property
+    def content_type(self) -> str:
+        return self._reader.headers.get(hdrs.CONTENT_TYPE, "application/octet-stream")
+
+    async def chunks(self) -> AsyncIterator[Buffer]:
+        reader = self._reader
+        while chunk := await reader.read_chunk(_CHUNK):
+            yield reader.decode(chunk)
+
+
+class _AiohttpForm(Form):
+    """The parts of an inbound ``multipart/form-data`` body, parsed as they are read.
+
+    Iterating raises :class:`ValueError` for a malformed body (aiohttp's word for it).
+    """
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def __aiter__(self) -> AsyncIterator[FormPart]:
+        return self._parts()
+
+    async def _parts(self) -> AsyncIterator[FormPart]:
+        reader = await self._request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader):
+                yield _Part(part)
+                await part.release()  # whatever the reader left of it
+            else:
+                await part.release()  # a nested multipart body: no field of ours
+
+
+async def _stream(request: web.Request) -> AsyncIterator[Buffer]:
+    content = request.content
+    while chunk := await content.readany():
+        yield chunk
+
+
+def to_request(request: web.Request) -> Request:
+    """The project's view of an inbound aiohttp request (the body is read lazily)."""
+    body: Body = None
+    if request.body_exists:
+        if request.content_type.startswith("multipart/"):
+            body = _AiohttpForm(request)
+        else:
+            body = _stream(request)
+    return Request(
+        request.method,
+        request.rel_url.raw_path,
+        query_string=request.rel_url.raw_query_string,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+    )
+
+
+class _FileHandOver(web.FileResponse):
+    """Sends a file with ``sendfile``, then reports whether all of it went out."""
+
+    def __init__(self, status: int, file: FileBody, headers: dict[str, str]) -> None:
+        super().__init__(file.path, status=status, headers=headers)
+        self._file = file
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            writer = await super().prepare(request)  # sends the whole file
+        except BaseException:
+            if self._file.on_abort is not None:
+                self._file.on_abort()
+            raise
+        if self._file.on_complete is not None:
+            await self._file.on_complete()
+        return writer
+
+
+async def write_response(response: Response, request: web.Request) -> web.StreamResponse:
+    """Turn ``response`` into aiohttp's answer to ``request`` (streamed bodies are written now).
+
+    Cancellation:
+        The answer is cut off; a file body counts as not delivered.
+    """
+    body = response.body
+    headers = dict(response.headers)
+    headers.pop("content-length", None)
+    if isinstance(body, bytes):
+        return web.Response(status=response.status, body=body, headers=headers)
+    if isinstance(body, FileBody):
+        file_response = _FileHandOver(response.status, body, headers)
+        await file_response.prepare(request)
+        return file_response
+    stream = web.StreamResponse(status=response.status, headers=headers)
+    if response.content_length is not None:
+        stream.content_length = response.content_length
+    await stream.prepare(request)
+    async for chunk in response.iter_chunks():
+        await stream.write(chunk)
+    await stream.write_eof()
+    return stream
+
+
+def aiohttp_app(handler: Handler) -> web.Application:
+    """An aiohttp application that hands every request to ``handler``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = await handler(to_request(request))
+        try:
+            return await write_response(response, request)
+        finally:
+            await response.aclose()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def serve_handler(
+    handler: Handler,
+    *,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+    task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on ``host:port`` (or on the listening ``sock``) until cancelled.
+
+    Reports the bound port once listening.
+
+    Raises:
+        StartupError: The address cannot be bound.
+
+    Cancellation:
+        Closes the listening socket and open connections (shielded, bounded).
+    """
+    runner = web.AppRunner(
+        aiohttp_app(handler),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+            where = f"the handed-over socket {sock.getsockname()}"
+        else:
+            site = web.TCPSite(runner, host, port)
+            where = f"{host}:{port}"
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"the node API cannot listen on {where}: {exc} "
+                "(set FLAME_API_PORT to a free port, or 0 for any)"
+            ) from exc
+        bound = _bound_port(runner)
+        task_status.started(bound if bound is not None else port)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await runner.cleanup()
+        if sock is not None:
+            sock.close()
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
