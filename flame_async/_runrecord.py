@@ -133,6 +133,7 @@ def build_run_record(
         "analysis_id": platform.analysis_id,
         "project_id": platform.project_id,
         "mode": mode,
+        "transport": platform.transport,
         "script": script,
         "started": started.isoformat(),
         "ended": ended.isoformat(),

@@ -9,11 +9,12 @@ that a message can be acknowledged verbatim).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr
 
 __all__ = [
+    "ANNOUNCE_PATH",
     "LOG_TYPES",
     "ApiAnnouncement",
     "BroadcastRequest",
@@ -263,6 +264,10 @@ class PartnerStatusAnswer(_Wire):
     """The node API's answer to a partner-status push: its own status."""
 
     status: str
+
+
+ANNOUNCE_PATH: Final = "/local-platform/node-api"
+"""Local platform only: where a node tells its gateway which port its API got."""
 
 
 class ApiAnnouncement(_Wire):

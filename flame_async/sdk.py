@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 from ._jwt import TokenStore
 from ._protocol import ProtocolSettings, Rejection
 from ._transport import AiohttpTransport, GatewayClient, Transport, retry_call
-from ._wire import ApiAnnouncement
+from ._wire import ANNOUNCE_PATH, ApiAnnouncement
 from .api import NodeApi
 from .broker import BrokerService, Handler, Receivers, discover, subscribe, unsubscribe
 from .config import FlameConfig, node_environ, node_transport
@@ -43,12 +43,9 @@ from .models import (
 from .results import ResultsService
 from .status import PoLogHandler, Progress, StatusService
 
-__all__ = ["ANNOUNCE_PATH", "FlameSDK"]
+__all__ = ["FlameSDK"]
 
 log = logging.getLogger("flame_async.sdk")
-
-ANNOUNCE_PATH: Final = "/local-platform/node-api"
-"""Where a node tells the local platform's gateway which port its API got (local only)."""
 
 _STARTING_HOLD: Final = 30.0
 """Seconds a webhook that arrives during start-up waits for discovery before it gets 503."""

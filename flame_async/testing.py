@@ -90,7 +90,8 @@ async def local_nodes(
     """A local platform and an entered ``FlameSDK`` for each of its first ``start`` nodes.
 
     The other nodes (``platform.nodes[start:]``) are free for the test to play, e.g. with
-    ``FlameSDK(platform.nodes[2].config())`` in a task.
+    ``FlameSDK(platform.nodes[2].config(), transport=platform.transport_for(platform.nodes[2]))``
+    in a task. ``transport="memory"`` (a platform option) runs them without sockets.
 
     Cancellation:
         Closes the SDKs, then the platform.
@@ -99,7 +100,9 @@ async def local_nodes(
     async with LocalPlatform(nodes, **platform_options) as platform, AsyncExitStack() as stack:
         count = len(platform.nodes) if start is None else start
         flames = [
-            await stack.enter_async_context(FlameSDK(node.config()))
+            await stack.enter_async_context(
+                FlameSDK(node.config(), transport=platform.transport_for(node))
+            )
             for node in platform.nodes[:count]
         ]
         yield platform, flames

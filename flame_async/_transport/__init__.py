@@ -24,6 +24,7 @@ from ._http import (
     lower_headers,
     read_limited,
 )
+from ._server import aiohttp_app, serve_handler
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -41,11 +42,13 @@ __all__ = [
     "Request",
     "Response",
     "Transport",
+    "aiohttp_app",
     "detail_of",
     "is_retryable",
     "lower_headers",
     "parse_answer",
     "read_limited",
     "retry_call",
+    "serve_handler",
     "status_error",
 ]

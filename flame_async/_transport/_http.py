@@ -336,6 +336,11 @@ class Response:
             chunks.append(bytes(chunk))
         return b"".join(chunks)
 
+    def mark_consumed(self) -> None:
+        """Record that the body was delivered by other means (e.g. ``sendfile``): closing it
+        then reports nothing."""
+        self._started = True
+
     async def aclose(self) -> None:
         """Release what the response holds; an unread :class:`FileBody` counts as aborted."""
         if self._closed:

@@ -105,11 +105,14 @@ def to_request(request: web.Request) -> Request:
 
 
 class _FileHandOver(web.FileResponse):
-    """Sends a file with ``sendfile``, then reports whether all of it went out."""
+    """Sends a file with ``sendfile``, then reports whether all of it went out and closes the
+    answer it came from (aiohttp prepares it once the handler returned)."""
 
-    def __init__(self, status: int, file: FileBody, headers: dict[str, str]) -> None:
-        super().__init__(file.path, status=status, headers=headers)
+    def __init__(self, response: Response, file: FileBody, headers: dict[str, str]) -> None:
+        super().__init__(file.path, status=response.status, headers=headers)
         self._file = file
+        self._response = response
+        response.mark_consumed()  # completion is reported here, not by closing the answer
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
@@ -118,6 +121,8 @@ class _FileHandOver(web.FileResponse):
             if self._file.on_abort is not None:
                 self._file.on_abort()
             raise
+        finally:
+            await self._response.aclose()
         if self._file.on_complete is not None:
             await self._file.on_complete()
         return writer
@@ -125,6 +130,9 @@ class _FileHandOver(web.FileResponse):
 
 async def write_response(response: Response, request: web.Request) -> web.StreamResponse:
     """Turn ``response`` into aiohttp's answer to ``request`` (streamed bodies are written now).
+
+    A :class:`FileBody` answer is returned unsent: aiohttp sends it, and it closes
+    ``response`` itself. Any other answer is closed by the caller.
 
     Cancellation:
         The answer is cut off; a file body counts as not delivered.
@@ -135,9 +143,7 @@ async def write_response(response: Response, request: web.Request) -> web.Stream
     if isinstance(body, bytes):
         return web.Response(status=response.status, body=body, headers=headers)
     if isinstance(body, FileBody):
-        file_response = _FileHandOver(response.status, body, headers)
-        await file_response.prepare(request)
-        return file_response
+        return _FileHandOver(response, body, headers)
     stream = web.StreamResponse(status=response.status, headers=headers)
     if response.content_length is not None:
         stream.content_length = response.content_length
@@ -153,6 +159,8 @@ def aiohttp_app(handler: Handler) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         response = await handler(to_request(request))
+        if isinstance(response.body, FileBody):
+            return await write_response(response, request)  # it closes the answer itself
         try:
             return await write_response(response, request)
         finally:

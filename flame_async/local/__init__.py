@@ -1,10 +1,11 @@
 """The local FLAME platform: every node service of an analysis on one machine.
 
-:class:`LocalPlatform` serves, over real HTTP on 127.0.0.1, what the FLAME platform gives each
-analysis container: a gateway per node standing in for its nginx sidecar, with the message
-broker, the storage service, the hub-adapter data-store listing and the Kong data proxy behind
-it, the pod orchestrator's log intake and status loop, and the ``/analysis`` ingress to the
-node's own API. Run N copies of an analysis against it, in one process or one per node::
+:class:`LocalPlatform` serves, over real HTTP on 127.0.0.1 (or, with ``transport="memory"``,
+by calls in the same event loop), what the FLAME platform gives each analysis container: a
+gateway per node standing in for its nginx sidecar, with the message broker, the storage
+service, the hub-adapter data-store listing and the Kong data proxy behind it, the pod
+orchestrator's log intake and status loop, and the ``/analysis`` ingress to the node's own API.
+Run N copies of an analysis against it, in one process or one per node::
 
     async with LocalPlatform(3) as platform:
         async with anyio.create_task_group() as tg:
@@ -12,9 +13,11 @@ node's own API. Run N copies of an analysis against it, in one process or one pe
                 tg.start_soon(my_analysis, node.config())
 """
 
+from ._core import NodeUnreachable
 from ._data import DataFolderError
+from ._memory import MemoryTransport
 from ._node import LocalNode, NodeRole
-from ._platform import LocalPlatform, PlatformStateError
+from ._platform import LocalPlatform, PlatformStateError, TransportKind
 from ._records import DeliveryEvent, DeliveryOutcome, LogRecord
 from ._tokens import InvalidToken
 
@@ -26,6 +29,9 @@ __all__ = [
     "LocalNode",
     "LocalPlatform",
     "LogRecord",
+    "MemoryTransport",
     "NodeRole",
+    "NodeUnreachable",
     "PlatformStateError",
+    "TransportKind",
 ]

@@ -8,11 +8,12 @@ the copy. Every copy's fate is recorded as a :class:`~flame_async.local.Delivery
 
 The real broker drops a copy on a connection error, but it reaches the analysis through nginx,
 which turns a not-yet-listening API into a 502 and so into retries (PROTOCOL.md §2.4, Q15).
-Deliveries here usually skip that hop, so connection failures are retried to behave the same.
+Deliveries to a node of this platform skip that hop (they go straight to the node's API, over
+HTTP or in memory), so connection failures are retried to behave the same.
 
 The send path is kept lean on purpose (a benchmark holds it to a small multiple of a raw HTTP
-round trip): no pydantic models, no logging per message, one shared keep-alive session, and the
-delivery task is started before the 202 goes out.
+round trip): no logging per message, one shared keep-alive session, and the delivery task is
+started before the 202 goes out.
 """
 
 from __future__ import annotations
@@ -22,42 +23,55 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import anyio
 import orjson
-from aiohttp import web
+from pydantic import ValidationError
 from yarl import URL
 
+from .._transport import Request, Response
+from .._wire import SendRequest, Subscription, SubscriptionRequest
 from ..errors import InvalidArgument
-from ._core import PlatformCore
+from ._core import NodeUnreachable, PlatformCore
+from ._http import Call, Route, detail_response, json_response, read_json_object, require_bearer
 from ._node import LocalNode
 from ._records import DeliveryEvent, DeliveryOutcome
-from ._service import CLAIMS, Handler, bearer_auth, detail_response, json_response
 
-__all__ = ["BrokerService"]
+__all__ = ["BrokerError", "BrokerService"]
 
 logger = logging.getLogger("flame_async.local.broker")
 
-_DELIVERY_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-_ATTEMPT_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
+_DELIVERY_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
+_ATTEMPT_TIMEOUT: Final = 30.0
+_ACCEPTED: Final = 202
+
+
+@dataclass(frozen=True, slots=True)
+class _NodeApi:
+    """A webhook that is a node's own API behind its gateway (``/analysis/...``)."""
+
+    node_id: str
+    path: str
+    query_string: str
 
 
 @dataclass(frozen=True, slots=True)
 class _Subscription:
     subscription_id: str
     webhook_url: str
-    target: URL  # where copies are POSTed: the webhook URL, or the node API behind a gateway
+    target: URL | _NodeApi  # where copies are POSTed
 
-    def to_json(self, analysis_id: str) -> dict[str, str]:
-        return {
-            "subscriptionId": self.subscription_id,
-            "analysisId": analysis_id,
-            "webhookUrl": self.webhook_url,
-        }
+    def wire(self, analysis_id: str) -> dict[str, Any]:
+        return Subscription(
+            subscription_id=self.subscription_id,
+            analysis_id=analysis_id,
+            webhook_url=self.webhook_url,
+        ).wire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,27 +127,34 @@ class BrokerService:
 
     # -- gateway -------------------------------------------------------------------------------
 
-    def mount(self, app: web.Application, node: LocalNode) -> None:
-        """Serve the broker under ``/message-broker`` with ``node`` as self."""
-        app.router.add_get("/message-broker/healthz", _healthz)
+    def routes(self, node: LocalNode) -> Iterable[Route]:
+        """The broker under ``/message-broker`` with ``node`` as self."""
         api = _NodeBroker(self, node)
-        broker = web.Application(
-            middlewares=[bearer_auth(self._core.issuer, self._core.analysis_id), api.known_analysis]
-        )
-        base = "/analyses/{analysis_id}"
-        broker.router.add_get(f"{base}/participants", api.participants)
-        broker.router.add_get(f"{base}/participants/self", api.participant_self)
-        broker.router.add_post(f"{base}/messages", api.send)
-        broker.router.add_post(f"{base}/messages/broadcast", api.broadcast)
-        broker.router.add_post(f"{base}/messages/subscriptions", api.subscribe)
-        broker.router.add_get(f"{base}/messages/subscriptions", api.subscriptions)
-        broker.router.add_get(
-            f"{base}/messages/subscriptions/{{subscription_id}}", api.subscription
-        )
-        broker.router.add_delete(
-            f"{base}/messages/subscriptions/{{subscription_id}}", api.unsubscribe
-        )
-        app.add_subapp("/message-broker", broker)
+        core = self._core
+
+        def authed(handler: Any) -> Any:
+            return require_bearer(api.known_analysis(handler), core.issuer, core.analysis_id)
+
+        base = "/message-broker/analyses/{analysis_id}"
+        return [
+            Route("GET", "/message-broker/healthz", _healthz),
+            Route("GET", f"{base}/participants", authed(api.participants)),
+            Route("GET", f"{base}/participants/self", authed(api.participant_self)),
+            Route("POST", f"{base}/messages", authed(api.send)),
+            Route("POST", f"{base}/messages/broadcast", authed(api.broadcast)),
+            Route("POST", f"{base}/messages/subscriptions", authed(api.subscribe)),
+            Route("GET", f"{base}/messages/subscriptions", authed(api.subscriptions)),
+            Route(
+                "GET",
+                f"{base}/messages/subscriptions/{{subscription_id}}",
+                authed(api.subscription),
+            ),
+            Route(
+                "DELETE",
+                f"{base}/messages/subscriptions/{{subscription_id}}",
+                authed(api.unsubscribe),
+            ),
+        ]
 
     @property
     def core(self) -> PlatformCore:
@@ -175,19 +196,12 @@ class BrokerService:
         """Remove a subscription of ``node_id``; unknown ids are ignored."""
         self._subscriptions[node_id].pop(subscription_id, None)
 
-    def _delivery_target(self, url: URL) -> URL:
+    def _delivery_target(self, url: URL) -> URL | _NodeApi:
         # A webhook at one of our own gateways would only be forwarded by that gateway to the
         # node API (nginx: /analysis/* -> analysis:8000/*); skip the extra hop.
         path = url.raw_path
         if path.startswith("/analysis/") and (node := self._core.node_behind(url)) is not None:
-            return URL.build(
-                scheme="http",
-                host=node.env["FLAME_API_HOST"],
-                port=node.api_port,
-                path=path[len("/analysis") :],
-                query_string=url.raw_query_string,
-                encoded=True,
-            )
+            return _NodeApi(node.node_id, path[len("/analysis") :], url.raw_query_string)
         return url
 
     # -- sending -------------------------------------------------------------------------------
@@ -227,6 +241,37 @@ class BrokerService:
             for subscription in subscriptions.values():
                 self._core.spawn(self._deliver, outgoing, recipient, subscription)
 
+    async def _post_copy(self, target: URL | _NodeApi, payload: bytes) -> int:
+        """POST one copy; the answer's status.
+
+        Raises:
+            NodeUnreachable: A node API is not listening.
+            aiohttp.ClientError: An outside webhook could not be reached.
+            TimeoutError: No answer in time.
+        """
+        if isinstance(target, _NodeApi):
+            request = Request(
+                "POST",
+                target.path,
+                query_string=target.query_string,
+                headers=_DELIVERY_HEADERS,
+                body=payload,
+            )
+            async with self._core.call_node(
+                target.node_id, request, timeout=_ATTEMPT_TIMEOUT
+            ) as response:
+                await response.read()  # so a keep-alive connection can be reused
+                return response.status
+        async with self._core.session.post(
+            target,
+            data=payload,
+            headers=_DELIVERY_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=_ATTEMPT_TIMEOUT),
+            allow_redirects=False,
+        ) as answer:
+            await answer.read()
+            return answer.status
+
     async def _deliver(
         self, outgoing: _Outgoing, recipient: str, subscription: _Subscription
     ) -> None:
@@ -234,25 +279,16 @@ class BrokerService:
 
         Cancellation: stops the delivery where it is; no event is recorded.
         """
-        session = self._core.session
         attempts = 0
         while True:
             attempts += 1
             status: int | None = None
             try:
-                async with session.post(
-                    subscription.target,
-                    data=outgoing.payload,
-                    headers=_DELIVERY_HEADERS,
-                    timeout=_ATTEMPT_TIMEOUT,
-                    allow_redirects=False,
-                ) as response:
-                    status = response.status
-                    await response.read()  # so the keep-alive connection can be reused
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = await self._post_copy(subscription.target, outgoing.payload)
+            except (NodeUnreachable, aiohttp.ClientError, TimeoutError) as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception:  # task supervisor: a bug here must not stop the platform
-                logger.warning("delivery to %s crashed", subscription.target, exc_info=True)
+                logger.warning("delivery to %s crashed", subscription.webhook_url, exc_info=True)
                 self._record(
                     outgoing,
                     recipient,
@@ -346,7 +382,7 @@ class BrokerService:
         )
 
 
-async def _healthz(request: web.Request) -> web.Response:
+async def _healthz(call: Call) -> Response:
     return json_response({"status": "ok"})
 
 
@@ -363,23 +399,29 @@ class _NodeBroker:
         self._others = [n for n in self._nodes if n != node.node_id]
         self._self_json = orjson.dumps({"nodeId": node.node_id, "nodeType": node.role})
 
-    @web.middleware
-    async def known_analysis(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """404 for any analysis id but the platform's (the real broker serves any)."""
-        analysis_id = request.match_info.get("analysis_id", self._analysis_id)
-        if analysis_id != self._analysis_id:
-            return detail_response(404, f"unknown analysis {analysis_id}")
-        return await handler(request)
+    def known_analysis(self, handler: Any) -> Any:
+        """``handler`` behind a check: 404 for any analysis id but the platform's (the real
+        broker serves any)."""
 
-    async def participants(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._broker.participants_json, content_type="application/json")
+        async def checked(call: Call) -> Response:
+            analysis_id = call.params.get("analysis_id", self._analysis_id)
+            if analysis_id != self._analysis_id:
+                return detail_response(404, f"unknown analysis {analysis_id}")
+            return await handler(call)  # type: ignore[no-any-return]
 
-    async def participant_self(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._self_json, content_type="application/json")
+        return checked
 
-    async def send(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
+    async def participants(self, call: Call) -> Response:
+        return Response(
+            200, self._broker.participants_json, headers={"content-type": "application/json"}
+        )
+
+    async def participant_self(self, call: Call) -> Response:
+        return Response(200, self._self_json, headers={"content-type": "application/json"})
+
+    async def send(self, call: Call) -> Response:
+        body = await read_json_object(call)
+        if isinstance(body, Response):
             return body
         recipients = body.get("recipients")
         if not isinstance(recipients, list) or not recipients:
@@ -394,30 +436,32 @@ class _NodeBroker:
                 return detail_response(400, f"{recipient} is not a participant of this analysis")
             if recipient not in unique:
                 unique.append(recipient)
-        return self._publish(request, body, unique)
+        return self._publish(call, body, unique)
 
-    async def broadcast(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
+    async def broadcast(self, call: Call) -> Response:
+        body = await read_json_object(call)
+        if isinstance(body, Response):
             return body
-        return self._publish(request, body, self._others)
+        return self._publish(call, body, self._others)
 
-    def _publish(
-        self, request: web.Request, body: dict[str, Any], recipients: list[str]
-    ) -> web.Response:
-        message = body.get("message")
-        if message is None:
+    def _publish(self, call: Call, body: dict[str, Any], recipients: list[str]) -> Response:
+        if body.get("message") is None:
             return detail_response(400, "message is missing")
-        sender = request[CLAIMS].get("sub")
-        self._broker.publish(sender if isinstance(sender, str) else None, recipients, message)
-        return web.Response(status=202)
+        # the wire model's shape, without a second pass over a possibly large message
+        request = SendRequest.model_construct(recipients=recipients, message=body["message"])
+        sender = call.claims.get("sub")
+        self._broker.publish(
+            sender if isinstance(sender, str) else None, request.recipients, request.message
+        )
+        return Response(_ACCEPTED)
 
-    async def subscribe(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
+    async def subscribe(self, call: Call) -> Response:
+        body = await read_json_object(call)
+        if isinstance(body, Response):
             return body
-        webhook_url = body.get("webhookUrl")
-        if not isinstance(webhook_url, str):
+        try:
+            webhook_url = SubscriptionRequest.model_validate(body).webhook_url
+        except ValidationError:
             return detail_response(400, "webhookUrl is missing")
         try:
             subscription = self._broker.subscribe(self._node.node_id, webhook_url)
@@ -427,16 +471,16 @@ class _NodeBroker:
             f"/analyses/{self._analysis_id}/messages/subscriptions/{subscription.subscription_id}"
         )
         return json_response(
-            subscription.to_json(self._analysis_id), status=201, headers={"Location": location}
+            subscription.wire(self._analysis_id), status=201, headers={"Location": location}
         )
 
-    async def subscriptions(self, request: web.Request) -> web.Response:
+    async def subscriptions(self, call: Call) -> Response:
         return json_response(
-            [s.to_json(self._analysis_id) for s in self._broker.subscriptions(self._node.node_id)]
+            [s.wire(self._analysis_id) for s in self._broker.subscriptions(self._node.node_id)]
         )
 
-    async def subscription(self, request: web.Request) -> web.Response:
-        subscription_id = request.match_info["subscription_id"]
+    async def subscription(self, call: Call) -> Response:
+        subscription_id = call.params["subscription_id"]
         try:
             uuid.UUID(subscription_id)
         except ValueError:
@@ -444,19 +488,8 @@ class _NodeBroker:
         found = self._broker.subscription(self._node.node_id, subscription_id)
         if found is None:
             return detail_response(404, f"subscription {subscription_id} not found")
-        return json_response(found.to_json(self._analysis_id))
+        return json_response(found.wire(self._analysis_id))
 
-    async def unsubscribe(self, request: web.Request) -> web.Response:
-        self._broker.unsubscribe(self._node.node_id, request.match_info["subscription_id"])
-        return web.Response(status=204)
-
-
-async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
-    """The request body as a JSON object, or the 400 response to send instead."""
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return detail_response(400, "the body is not valid JSON")
-    if not isinstance(body, dict):
-        return detail_response(400, "the body must be a JSON object")
-    return body
+    async def unsubscribe(self, call: Call) -> Response:
+        self._broker.unsubscribe(self._node.node_id, call.params["subscription_id"])
+        return Response(204)

@@ -1,26 +1,75 @@
 """The running platform as its services see it.
 
-Services (broker, pod orchestrator, proxy, later storage and data) borrow everything from one
-:class:`PlatformCore`: the analysis ids, the node table, the token issuer, the shared HTTP client
-session and the task group. They never close or cancel any of it; :class:`LocalPlatform` does.
+Services (broker, pod orchestrator, proxy, storage and data) borrow everything from one
+:class:`PlatformCore`: the analysis ids, the node table, the token issuer, the shared HTTP
+client session, the task group, and the way to reach each node's API. They never close or
+cancel any of it; :class:`~flame_async.local.LocalPlatform` does.
+
+A node's API is reached over HTTP on the port it announced (or that the platform bound for it),
+or, for a node on the in-memory transport, by calling its handler directly: services ask
+:meth:`PlatformCore.call_node` and do not care which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVarTuple
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any, Final, TypeVarTuple
 
 import aiohttp
+import anyio
 from anyio.abc import TaskGroup
 from yarl import URL
 
+from .._transport import Handler, Request, Response
 from ._node import LocalNode
 from ._tokens import TokenIssuer
 
-__all__ = ["PlatformCore"]
+__all__ = ["NodeUnreachable", "PlatformCore"]
+
+logger = logging.getLogger("flame_async.local")
 
 _Ts = TypeVarTuple("_Ts")
 _LOOPBACK_ALIASES = {"127.0.0.1": ("localhost",), "::1": ("localhost",)}
+_NO_TIMEOUT: Final = aiohttp.ClientTimeout(total=None)
+
+
+class NodeUnreachable(ConnectionError):
+    """A node's API cannot be reached (not listening yet, gone, or it refused the connection)."""
+
+
+class _HttpAnswer(Response):
+    """An answer read from aiohttp, its body still streaming."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+        super().__init__(
+            raw.status,
+            headers={k: v for k, v in raw.headers.items()},  # noqa: C416 - CIMultiDict to dict
+            content_length=raw.content_length,
+        )
+        self._raw = raw
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        content = self._raw.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except aiohttp.ClientError as exc:
+                raise NodeUnreachable(f"the answer was cut off: {exc}") from exc
+            if not chunk:
+                return
+            yield chunk
+
+    async def read(self, limit: int | None = None) -> bytes:
+        if limit is not None:
+            return await super().read(limit)
+        try:
+            return await self._raw.read()
+        except aiohttp.ClientError as exc:
+            raise NodeUnreachable(f"the answer was cut off: {exc}") from exc
 
 
 class PlatformCore:
@@ -29,7 +78,7 @@ class PlatformCore:
     Args:
         analysis_id: The analysis every node takes part in.
         project_id: The analysis' project.
-        host: The address the gateways listen on.
+        host: The address the gateways listen on (and node APIs are reached at).
         nodes: The nodes, aggregator included, in participant order.
         issuer: Mints and verifies the nodes' tokens.
         session: The platform's one HTTP client session (deliveries, PO calls, proxying).
@@ -54,11 +103,18 @@ class PlatformCore:
         self.issuer = issuer
         self.session = session
         self._task_group = task_group
+        self.closed = False
+        """Set when the platform exits: in-memory requests then fail like refused connections."""
+        self.gateways: dict[str, Handler] = {}
+        """Each node's gateway (filled by the platform once the services exist)."""
+        self._api_ports: dict[str, int] = {}
+        self._api_handlers: dict[str, Handler] = {}
         self._by_gateway: dict[tuple[str, int], LocalNode] = {}
         self._by_nginx_host: dict[str, LocalNode] = {}
         for node in nodes:
-            for name in (host.lower(), *_LOOPBACK_ALIASES.get(host, ())):
-                self._by_gateway[(name, node.gateway_port)] = node
+            if node.gateway_port:
+                for name in (host.lower(), *_LOOPBACK_ALIASES.get(host, ())):
+                    self._by_gateway[(name, node.gateway_port)] = node
             self._by_nginx_host[node.nginx_host] = node
 
     def spawn(self, func: Callable[[*_Ts], Coroutine[Any, Any, object]], *args: *_Ts) -> None:
@@ -71,6 +127,82 @@ class PlatformCore:
             RuntimeError: The task group is no longer active (the platform is shutting down).
         """
         self._task_group.start_soon(func, *args)
+
+    # -- where node APIs are -----------------------------------------------------------------
+
+    def register_api_port(self, node_id: str, port: int) -> None:
+        """``node_id``'s API listens on ``port`` at the platform's host (over HTTP)."""
+        self._api_handlers.pop(node_id, None)
+        self._api_ports[node_id] = port
+
+    def register_api_handler(self, node_id: str, handler: Handler) -> None:
+        """``node_id``'s API is ``handler``, called in this event loop (in-memory transport)."""
+        self._api_ports.pop(node_id, None)
+        self._api_handlers[node_id] = handler
+
+    def unregister_api(self, node_id: str) -> None:
+        """``node_id``'s API is gone."""
+        self._api_ports.pop(node_id, None)
+        self._api_handlers.pop(node_id, None)
+
+    def api_port(self, node_id: str) -> int | None:
+        """The port ``node_id``'s API listens on, if it is reached over HTTP and known."""
+        return self._api_ports.get(node_id)
+
+    def api_url(self, node_id: str) -> str | None:
+        """The base URL of ``node_id``'s API, if it is reached over HTTP and known."""
+        port = self._api_ports.get(node_id)
+        return None if port is None else str(URL.build(scheme="http", host=self.host, port=port))
+
+    @asynccontextmanager
+    async def call_node(
+        self, node_id: str, request: Request, *, timeout: float | None = None
+    ) -> AsyncIterator[Response]:
+        """Send ``request`` to ``node_id``'s API; the answer is open inside the block.
+
+        Raises:
+            NodeUnreachable: The API is not known yet, or the connection failed.
+            TimeoutError: No answer within ``timeout`` seconds.
+        """
+        handler = self._api_handlers.get(node_id)
+        if handler is not None:
+            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                try:
+                    response = await handler(request)
+                except Exception:  # a server answers 500 for its own bugs; so does this one
+                    logger.exception("the API of %s failed on %s", node_id, request.path)
+                    response = Response(500, b'{"detail":"Internal Server Error"}')
+            try:
+                yield response
+            finally:
+                await response.aclose()
+            return
+        url = self.api_url(node_id)
+        if url is None:
+            raise NodeUnreachable(f"the API of {node_id} is not listening (yet)")
+        target = URL(
+            url + request.path + (f"?{request.query_string}" if request.query_string else ""),
+            encoded=True,
+        )
+        body: Any = request.body
+        try:
+            raw = await self.session.request(
+                request.method,
+                target,
+                data=body,
+                headers=request.headers,
+                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else _NO_TIMEOUT,
+                allow_redirects=False,
+                auto_decompress=False,
+            )
+        except aiohttp.ClientError as exc:
+            raise NodeUnreachable(f"the API of {node_id} is not reachable: {exc}") from exc
+        try:
+            yield _HttpAnswer(raw)
+        finally:
+            raw.release()
+
+    # -- whose gateway is a URL --------------------------------------------------------------
 
     def node_behind(self, url: URL) -> LocalNode | None:
         """The node whose gateway ``url`` points at, if any.

@@ -23,26 +23,29 @@ from __future__ import annotations
 
 import hmac
 import logging
+import mimetypes
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
+from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 import anyio
 import orjson
-from aiohttp import web
 from yarl import URL
 
+from .._transport import FileBody, Response
+from .._wire import DatastoreList, KongService
 from ..errors import InvalidArgument
 from ._core import PlatformCore
 from ._fhir import FhirSearchError, FhirStore, operation_outcome
+from ._http import Call, Route, json_response, require_bearer
 from ._node import LocalNode
-from ._service import bearer_auth, json_response
 
 __all__ = ["DataFolderError", "DataService", "NodeData", "load_data_folder"]
 
@@ -196,8 +199,8 @@ class DataService:
         self._data = data
         self._created = int(time.time())
 
-    def mount(self, app: web.Application, node: LocalNode) -> None:
-        """Serve ``/hub-adapter/kong/datastore/...`` and ``/kong/...`` for ``node``."""
+    def routes(self, node: LocalNode) -> Iterable[Route]:
+        """``/hub-adapter/kong/datastore/...`` and ``/kong/...`` for ``node``."""
         node_data = self._data.get(node.node_id, NodeData())
         sources = {
             source.name: source
@@ -210,48 +213,49 @@ class DataService:
         listing = [self._kong_service(node, source) for source in sources.values()]
         project_id = self._core.project_id
 
-        async def datastores(request: web.Request) -> web.Response:
-            wanted = request.match_info["project_id"]
+        async def datastores(call: Call) -> Response:
+            wanted = call.params["project_id"]
             if wanted != project_id:
                 return _kong_detail(404, f"No data store or project found matching {wanted!r}")
             if not listing:
                 return _kong_detail(404, f"Project {wanted} has no linked data stores or consumers")
-            detailed = request.query.get("detailed", "").lower() == "true"
+            detailed = call.request.query.get("detailed", "").lower() == "true"
             data = listing if detailed else [_without_routes(s) for s in listing]
-            return json_response({"data": data, "next": None})
-
-        hub_adapter = web.Application(
-            middlewares=[
-                bearer_auth(
-                    self._core.issuer, self._core.analysis_id, rejected=(403, "JWT is malformed")
-                )
-            ]
-        )
-        hub_adapter.router.add_get("/kong/datastore/{project_id}", datastores)
-        app.add_subapp("/hub-adapter", hub_adapter)
+            answer = DatastoreList(data=[KongService.model_validate(s) for s in data])
+            return json_response(answer.model_dump())
 
         apikey = node.env["DATA_SOURCE_TOKEN"].encode()
 
-        async def kong(request: web.Request) -> web.StreamResponse:
-            source = sources.get(request.match_info["name"])
-            if source is None or source.kind != request.match_info["kind"]:
+        async def kong(call: Call) -> Response:
+            source = sources.get(call.params["name"])
+            if source is None or source.kind != call.params["kind"]:
                 return _no_route()
-            given = request.headers.get("apikey")
+            given = call.request.headers.get("apikey")
             if given is None:
                 return _kong_message(401, "No API key found in request")
             if not hmac.compare_digest(given.encode(), apikey):
                 return _kong_message(401, "Invalid authentication credentials")
-            tail = request.match_info["tail"].removeprefix("/")
+            tail = call.params.get("tail", "").removeprefix("/")
             if source.fhir is not None:
-                return _fhir(request, source.fhir, tail)
+                return _fhir(call, source.fhir, tail)
             assert source.s3 is not None
-            return await _s3(request, source, source.s3, tail)
+            return await _s3(call, source, source.s3, tail)
 
-        async def no_route(request: web.Request) -> web.Response:
+        async def no_route(call: Call) -> Response:
             return _no_route()
 
-        app.router.add_get("/kong/{name}/{kind:fhir|s3}{tail:(/.*)?}", kong)
-        app.router.add_route("*", "/kong{tail:.*}", no_route)
+        core = self._core
+        return [
+            Route(
+                "GET",
+                "/hub-adapter/kong/datastore/{project_id}",
+                require_bearer(
+                    datastores, core.issuer, core.analysis_id, rejected=(403, "JWT is malformed")
+                ),
+            ),
+            Route("GET", "/kong/{name}/{kind:fhir|s3}{tail:(/.*)?}", kong),
+            Route("*", "/kong{tail:.*}", no_route),
+        ]
 
     def _kong_service(self, node: LocalNode, source: _Source) -> dict[str, Any]:
         """The Kong Service of a source; its upstream is the node gateway's Kong route."""
@@ -296,31 +300,27 @@ def _without_routes(service: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in service.items() if k != "routes"}
 
 
-def _kong_detail(status: int, message: str) -> web.Response:
+def _kong_detail(status: int, message: str) -> Response:
     """A hub-adapter error: FastAPI ``detail`` holding the Kong error."""
     detail = {"message": message, "service": "Kong", "status_code": status}
     return json_response({"detail": detail}, status=status)
 
 
-def _kong_message(status: int, message: str) -> web.Response:
+def _kong_message(status: int, message: str) -> Response:
     """An error as Kong itself answers it."""
     headers = {"WWW-Authenticate": 'Key realm="kong"'} if status == 401 else None
     return json_response({"message": message}, status=status, headers=headers)
 
 
-def _no_route() -> web.Response:
+def _no_route() -> Response:
     return _kong_message(404, "no Route matched with those values")
 
 
 # -- FHIR ------------------------------------------------------------------------------------
 
 
-def _fhir(request: web.Request, store: FhirStore, tail: str) -> web.Response:
-    base = URL.build(
-        scheme=request.scheme,
-        authority=request.host,
-        path=f"/kong/{request.match_info['name']}/fhir",
-    )
+def _fhir(call: Call, store: FhirStore, tail: str) -> Response:
+    base = URL.build(scheme="http", authority=call.host, path=f"/kong/{call.params['name']}/fhir")
     parts = tail.split("/")
     if not _RESOURCE_TYPE.fullmatch(parts[0]) or len(parts) > 2:
         return _fhir_response(
@@ -333,29 +333,34 @@ def _fhir(request: web.Request, store: FhirStore, tail: str) -> web.Response:
                 operation_outcome("not-found", f"{parts[0]}/{parts[1]} is not known"), 404
             )
         return _fhir_response(resource)
-    lenient = "handling=lenient" in request.headers.get("Prefer", "")
+    lenient = "handling=lenient" in call.request.headers.get("prefer", "")
+    query = parse_qsl(call.request.query_string, keep_blank_values=True)
     try:
-        page = store.search(parts[0], list(request.query.items()), lenient=lenient)
+        page = store.search(parts[0], query, lenient=lenient)
     except FhirSearchError as exc:
         return _fhir_response(operation_outcome(exc.code, str(exc)), 400)
     return _fhir_response(page.bundle(str(base)))
 
 
-def _fhir_response(resource: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(resource), status=status, content_type=_FHIR_JSON, charset="utf-8"
+def _fhir_response(resource: dict[str, Any], status: int = 200) -> Response:
+    return Response(
+        status,
+        orjson.dumps(resource),
+        headers={"content-type": f"{_FHIR_JSON}; charset=utf-8"},
     )
 
 
 # -- S3 --------------------------------------------------------------------------------------
 
 
-async def _s3(request: web.Request, source: _Source, root: Path, key: str) -> web.StreamResponse:
+async def _s3(call: Call, source: _Source, root: Path, key: str) -> Response:
     if not key:
-        prefix = request.query.get("prefix", "")
+        prefix = call.request.query.get("prefix", "")
         objects = await anyio.to_thread.run_sync(_list_objects, root, prefix)
-        return web.Response(
-            body=_list_bucket(source.name, prefix, objects), content_type="application/xml"
+        return Response(
+            200,
+            _list_bucket(source.name, prefix, objects),
+            headers={"content-type": "application/xml"},
         )
     path = await anyio.to_thread.run_sync(_object_path, root, key)
     if path is None:
@@ -364,8 +369,21 @@ async def _s3(request: web.Request, source: _Source, root: Path, key: str) -> we
             f"<Message>The specified key does not exist.</Message><Key>{escape(key)}</Key>"
             f"<BucketName>{escape(source.name)}</BucketName></Error>"
         )
-        return web.Response(text=body, status=404, content_type="application/xml")
-    return web.FileResponse(path)
+        return Response(
+            404, body.encode(), headers={"content-type": "application/xml; charset=utf-8"}
+        )
+    size = (await anyio.Path(path).stat()).st_size
+    return Response(
+        200,
+        FileBody(path),
+        headers={"content-type": _media_type(path)},
+        content_length=size,
+    )
+
+
+def _media_type(path: Path) -> str:
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
 
 
 def _list_objects(root: Path, prefix: str) -> list[tuple[str, int, float]]:

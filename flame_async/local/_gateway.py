@@ -1,89 +1,86 @@
 """The node gateways: what ``http://nginx-{DEPLOYMENT_NAME}`` is on the real platform.
 
-Every node gets an aiohttp application on its own port with the nginx routes of PROTOCOL.md §1.3:
-``/healthz`` answered by the gateway itself, and the rest contributed by the platform's services
+Every node gets a :class:`Gateway` with the nginx routes of PROTOCOL.md §1.3: ``/healthz``
+answered by the gateway itself, and the rest contributed by the platform's services
 (:class:`~flame_async.local._service.NodeService`). Prefixes of the real nginx that no service
-serves yet answer 501.
-
-One more server, the shared port, hosts every node application behind its
-``nginx-{DEPLOYMENT_NAME}`` host name (aiohttp domain sub-applications), so a container that
-knows nothing about the local platform reaches its gateway with
-``HTTP_PROXY=http://127.0.0.1:{shared_port}``.
+serves answer 501. A gateway is a request handler on the project's own types: the HTTP platform
+serves it on the node's own port (and behind the shared port, routed by the
+``Host: nginx-{DEPLOYMENT_NAME}`` header, so a container that knows nothing about the local
+platform reaches it with ``HTTP_PROXY``); the in-memory transport calls it directly.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Final
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
+from .._transport import Handler, Request, Response, aiohttp_app
+from ._http import Call, Route, RouteTable, detail_response
 from ._node import LocalNode
-from ._service import Handler, NodeService, detail_response
+from ._service import NodeService
 
-__all__ = [
-    "NGINX_PREFIXES",
-    "NODE",
-    "bind_socket",
-    "node_app",
-    "serve",
-    "shared_app",
-]
+__all__ = ["NGINX_PREFIXES", "Gateway", "bind_socket", "serve", "shared_handler"]
 
-NODE: Final = web.AppKey("node", LocalNode)
-"""The node a gateway application belongs to."""
+logger = logging.getLogger("flame_async.local.gateway")
 
-NGINX_PREFIXES = ("/storage", "/hub-adapter", "/kong")
-"""Prefixes the real nginx forwards that answer 501 until a service serves them."""
+NGINX_PREFIXES: Final = ("/storage", "/hub-adapter", "/kong")
+"""Prefixes the real nginx forwards that answer 501 unless a service serves them."""
 
-# nginx runs with client_max_body_size 0 (unlimited); services stream what may be large.
-_MAX_BODY = 1 << 40
-_SHUTDOWN_TIMEOUT = 1.0
+_SHUTDOWN_TIMEOUT: Final = 1.0
 
 
-def node_app(node: LocalNode, services: Iterable[NodeService]) -> web.Application:
-    """Build one gateway application of ``node``.
+class Gateway:
+    """One node's gateway: the routes of every service, with the node as "self".
 
     Args:
-        node: The node the gateway belongs to; it is "self" for every service behind it.
-        services: The platform's services; each mounts its routes.
+        node: The node the gateway belongs to.
+        services: The platform's services; each adds its routes.
     """
-    app = web.Application(client_max_size=_MAX_BODY)
-    app[NODE] = node
-    app.router.add_get("/healthz", _healthz)
-    claimed: set[str] = set()
-    for service in services:
-        service.mount(app, node)
-        claimed.update(service.prefixes)
-    for prefix in NGINX_PREFIXES:
-        if prefix not in claimed:
-            app.router.add_route("*", prefix + "{tail:(/.*)?}", _not_emulated)
-    return app
+
+    def __init__(self, node: LocalNode, services: Iterable[NodeService]) -> None:
+        self.node = node
+        table = RouteTable([Route("GET", "/healthz", _healthz)])
+        claimed: set[str] = set()
+        for service in services:
+            for route in service.routes(node):
+                table.add(route)
+            claimed.update(service.prefixes)
+        for prefix in NGINX_PREFIXES:
+            if prefix not in claimed:
+                table.add(Route("*", prefix + "{tail:(/.*)?}", _not_emulated))
+        self._table = table
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request to this node's gateway."""
+        try:
+            return await self._table.dispatch(Call(request, self.node))
+        except Exception:  # a server answers 500 for its own bugs; so does this one
+            logger.exception("%s %s on %s failed", request.method, request.path, self.node.node_id)
+            return detail_response(500, "Internal Server Error")
 
 
-def shared_app(nodes: Sequence[LocalNode], services: Sequence[NodeService]) -> web.Application:
-    """Build the shared-port application: every node gateway behind its nginx host name.
+def shared_handler(gateways: Mapping[str, Gateway]) -> Handler:
+    """The shared port: each request goes to the gateway named by its ``Host`` header.
 
     Requests whose ``Host`` is no node's ``nginx-{DEPLOYMENT_NAME}`` get 404 with a JSON detail.
-    Absolute-form request targets (what HTTP clients send to a proxy) work as well.
     """
-    known = frozenset(node.nginx_host for node in nodes)
+    by_host = {gateway.node.nginx_host: gateway for gateway in gateways.values()}
 
-    @web.middleware
-    async def known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get(hdrs.HOST, "").partition(":")[0]
-        if host.lower() not in known:
+    async def handle(request: Request) -> Response:
+        host = request.headers.get("host", "").partition(":")[0].lower()
+        gateway = by_host.get(host)
+        if gateway is None:
             return detail_response(
                 404, f"no node gateway is called {host!r}; use Host: nginx-{{DEPLOYMENT_NAME}}"
             )
-        return await handler(request)
+        return await gateway.handle(request)
 
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[known_host])
-    for node in nodes:
-        app.add_domain(node.nginx_host, node_app(node, services))
-    return app
+    return handle
 
 
 def bind_socket(host: str, port: int = 0) -> socket.socket:
@@ -96,22 +93,24 @@ def bind_socket(host: str, port: int = 0) -> socket.socket:
     return socket.create_server((host, port), family=family)
 
 
-async def serve(app: web.Application, sock: socket.socket, stack: AsyncExitStack) -> None:
-    """Serve ``app`` on the listening ``sock`` until ``stack`` closes.
+async def serve(handler: Handler, sock: socket.socket, stack: AsyncExitStack) -> None:
+    """Serve ``handler`` over HTTP on the listening ``sock`` until ``stack`` closes.
 
     Raises:
         OSError: The server cannot start on the socket.
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(
+        aiohttp_app(handler), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     await web.SockSite(runner, sock).start()
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="healthy")
+async def _healthz(call: Call) -> Response:
+    return Response(200, b"healthy", headers={"content-type": "text/plain; charset=utf-8"})
 
 
-async def _not_emulated(request: web.Request) -> web.Response:
-    prefix = "/" + request.path.split("/", 2)[1]
+async def _not_emulated(call: Call) -> Response:
+    prefix = "/" + call.request.path.split("/", 2)[1]
     return detail_response(501, f"{prefix} is not emulated yet by the local platform")

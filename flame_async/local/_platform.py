@@ -11,22 +11,28 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 import aiohttp
 import anyio
+from pydantic import ValidationError
 from yarl import URL
 
+from .._transport import AiohttpTransport, Request, Response, Transport
+from .._wire import ANNOUNCE_PATH, ApiAnnouncement
+from ..config import FlameConfig
 from ..errors import FlameError, InvalidArgument
 from ._broker import BrokerService
 from ._core import PlatformCore
 from ._data import DataService, NodeData, load_data_folder
-from ._gateway import bind_socket, node_app, serve, shared_app
+from ._gateway import Gateway, bind_socket, serve, shared_handler
+from ._http import Call, Route, detail_response, read_json_object, require_bearer
+from ._memory import MemoryTransport
 from ._node import LocalNode
 from ._po import PodOrchestrator
 from ._proxy import AnalysisProxy
@@ -36,7 +42,7 @@ from ._storage import StorageService
 from ._tasks import HostedTaskGroup
 from ._tokens import TokenIssuer
 
-__all__ = ["LocalPlatform", "PlatformStateError"]
+__all__ = ["LocalPlatform", "PlatformStateError", "TransportKind"]
 
 logger = logging.getLogger("flame_async.local.platform")
 
@@ -46,6 +52,10 @@ _SHORT_ID_LEN = 8
 # nginx-analysis-{node}-{short id} must stay a host name label (at most 63 characters).
 MAX_NODE_ID_LEN = 63 - len("nginx-analysis--") - _SHORT_ID_LEN
 _MAX_CONNECTIONS = 256
+_MEMORY_GATEWAY_PORT: Final = 80
+
+TransportKind = Literal["http", "memory"]
+"""How nodes reach the platform: real HTTP on 127.0.0.1, or calls in this event loop."""
 
 
 class PlatformStateError(FlameError, RuntimeError):
@@ -59,7 +69,34 @@ class _Running:
     broker: BrokerService
     po: PodOrchestrator
     storage: StorageService
-    shared_url: str
+    shared_url: str | None
+
+
+class _PlatformAdmin:
+    """Local-only routes: a node tells its gateway which port its API got."""
+
+    prefixes = ("/local-platform",)
+
+    def __init__(self, core: PlatformCore) -> None:
+        self._core = core
+
+    def routes(self, node: LocalNode) -> Iterable[Route]:
+        async def announce(call: Call) -> Response:
+            body = await read_json_object(call)
+            if isinstance(body, Response):
+                return body
+            try:
+                port = ApiAnnouncement.model_validate(body).port
+            except ValidationError:
+                return detail_response(422, 'the body must be {"port": 1-65535}')
+            self._core.register_api_port(node.node_id, port)
+            logger.debug("the API of %s listens on port %d", node.node_id, port)
+            return Response(204)
+
+        core = self._core
+        return [
+            Route("PUT", ANNOUNCE_PATH, require_bearer(announce, core.issuer, core.analysis_id))
+        ]
 
 
 class LocalPlatform:
@@ -71,13 +108,19 @@ class LocalPlatform:
     one more port routes to the right gateway by ``Host: nginx-{DEPLOYMENT_NAME}``, so a
     container can use it as ``HTTP_PROXY``. A status loop per node calls the node's API like
     the real pod orchestrator. Run each node's analysis with :attr:`LocalNode.env` as its
-    environment (or ``node.config()``); its API must listen on ``node.api_port``.
+    environment (or ``node.config()``): its API binds any free port and announces it to its
+    gateway. In this process, :meth:`transport_for` gives a node a transport whose API socket
+    the platform has already bound.
+
+    With ``transport="memory"`` nothing listens on a socket: nodes reach their gateways, and
+    the platform reaches their APIs, by calls in this event loop (:class:`MemoryTransport`).
+    The services are the same code; only HTTP is skipped.
 
     Example::
 
         async with LocalPlatform(3) as platform:
             for node in platform.nodes:
-                tg.start_soon(run_analysis, node.config())
+                tg.start_soon(run_analysis, node.config(), platform.transport_for(node))
 
     Args:
         nodes: How many nodes (ids ``node-1`` ... ``node-N``) or their ids. Ids match
@@ -103,6 +146,8 @@ class LocalPlatform:
             per project and node; ``$XDG_CACHE_HOME/flame-async/state`` (default
             ``~/.cache/flame-async/state``) when None. Nothing is written before the first
             local upload.
+        transport: ``"http"`` (real servers on ``host``; the faithful default) or
+            ``"memory"`` (no sockets at all; nodes must use :meth:`transport_for`).
 
     Raises:
         InvalidArgument: An id or option is invalid (raised by the constructor).
@@ -124,7 +169,11 @@ class LocalPlatform:
         out_dir: Path | None = None,
         data_dir: Path | None = None,
         state_dir: Path | None = None,
+        transport: TransportKind = "http",
     ) -> None:
+        if transport not in ("http", "memory"):
+            raise InvalidArgument(f"transport must be 'http' or 'memory', got {transport!r}")
+        self.transport: TransportKind = transport
         self._node_ids = _node_ids(nodes)
         if aggregator is None:
             aggregator = self._node_ids[0]
@@ -203,6 +252,8 @@ class LocalPlatform:
         """
         stack, self._stack = self._stack, None
         self._phase = "closed"
+        if self._running is not None:
+            self._running.core.closed = True
         if stack is not None:
             await stack.aclose()
 
@@ -228,21 +279,23 @@ class LocalPlatform:
         )
         task_group = await stack.enter_async_context(HostedTaskGroup("flame_async.local"))
 
-        shared_socket = bind_socket(self._host, self._shared_port)
-        stack.callback(shared_socket.close)
-        gateway_sockets = []
-        for _ in self._node_ids:
-            gateway_sockets.append(sock := bind_socket(self._host))
-            stack.callback(sock.close)
-        # Allocated while the gateway sockets are held, so no API port equals a gateway port.
-        api_ports = _free_ports(self._host, len(self._node_ids))
+        # whoever binds a port owns it: the platform binds its gateways here and keeps them
+        over_http = self.transport == "http"
+        shared_socket: socket.socket | None = None
+        gateway_ports = [_MEMORY_GATEWAY_PORT] * len(self._node_ids)
+        gateway_sockets: list[socket.socket] = []
+        if over_http:
+            shared_socket = bind_socket(self._host, self._shared_port)
+            stack.callback(shared_socket.close)
+            for _ in self._node_ids:
+                gateway_sockets.append(sock := bind_socket(self._host))
+                stack.callback(sock.close)
+            gateway_ports = [sock.getsockname()[1] for sock in gateway_sockets]
 
         issuer = TokenIssuer(self._analysis_id, lifetime=self._token_lifetime)
         nodes = tuple(
-            self._make_node(node_id, issuer, sock.getsockname()[1], api_port)
-            for node_id, sock, api_port in zip(
-                self._node_ids, gateway_sockets, api_ports, strict=True
-            )
+            self._make_node(node_id, issuer, port if over_http else None)
+            for node_id, port in zip(self._node_ids, gateway_ports, strict=True)
         )
         core = PlatformCore(
             analysis_id=self._analysis_id,
@@ -267,28 +320,36 @@ class LocalPlatform:
             AnalysisProxy(core),
             storage,
             DataService(core, data),
+            _PlatformAdmin(core),
         ]
-        for node, sock in zip(nodes, gateway_sockets, strict=True):
-            await serve(node_app(node, services), sock, stack)
-        await serve(shared_app(nodes, services), shared_socket, stack)
-        shared_url = _http_url(self._host, shared_socket.getsockname()[1])
+        gateways = {node.node_id: Gateway(node, services) for node in nodes}
+        core.gateways.update((node_id, g.handle) for node_id, g in gateways.items())
+        shared_url: str | None = None
+        if shared_socket is not None:
+            for node, sock in zip(nodes, gateway_sockets, strict=True):
+                await serve(gateways[node.node_id].handle, sock, stack)
+            await serve(shared_handler(gateways), shared_socket, stack)
+            shared_url = _http_url(self._host, shared_socket.getsockname()[1])
 
         for node in nodes:
             task_group.start_soon(po.watch, node, name=f"PO status loop of {node.node_id}")
         logger.debug(
-            "local platform for analysis %s up: %s, shared %s",
+            "local platform for analysis %s up (%s): %s, shared %s",
             self._analysis_id,
+            self.transport,
             ", ".join(f"{n.node_id}={n.gateway_url}" for n in nodes),
             shared_url,
         )
         return _Running(nodes, core, broker, po, storage, shared_url)
 
-    def _make_node(
-        self, node_id: str, issuer: TokenIssuer, gateway_port: int, api_port: int
-    ) -> LocalNode:
+    def _make_node(self, node_id: str, issuer: TokenIssuer, gateway_port: int | None) -> LocalNode:
         short = re.sub(r"[^a-z0-9]", "", self._analysis_id.lower())[:_SHORT_ID_LEN] or "0"
         deployment_name = f"analysis-{node_id}-{short}"
-        gateway_url = _http_url(self._host, gateway_port)
+        if gateway_port is None:  # in memory: the real platform's default URL, no socket
+            gateway_url = f"http://nginx-{deployment_name}"
+            gateway_port = _MEMORY_GATEWAY_PORT
+        else:
+            gateway_url = _http_url(self._host, gateway_port)
         env = {
             "ANALYSIS_ID": self._analysis_id,
             "PROJECT_ID": self._project_id,
@@ -297,7 +358,8 @@ class LocalPlatform:
             "DATA_SOURCE_TOKEN": secrets.token_urlsafe(24),
             "FLAME_BASE_URL": gateway_url,
             "FLAME_API_HOST": self._host,
-            "FLAME_API_PORT": str(api_port),
+            "FLAME_API_PORT": "0",
+            "FLAME_ANNOUNCE_API": "1",
             "FLAME_PARTNER_STATUS_GRACE": repr(self._partner_status_grace),
         }
         return LocalNode(
@@ -306,7 +368,6 @@ class LocalPlatform:
             deployment_name=deployment_name,
             gateway_url=gateway_url,
             gateway_port=gateway_port,
-            api_port=api_port,
             env=env,
         )
 
@@ -385,9 +446,77 @@ class LocalPlatform:
         """URL of the shared port (use as ``HTTP_PROXY``, or send ``Host: nginx-...``).
 
         Raises:
+            PlatformStateError: The platform has not been entered, or runs in memory (it has
+                no ports).
+        """
+        url = self._run.shared_url
+        if url is None:
+            raise PlatformStateError("the in-memory platform has no shared port (no sockets)")
+        return url
+
+    # -- node APIs -----------------------------------------------------------------------------
+
+    def bind_api(self, node_id: str) -> socket.socket:
+        """Bind a listening socket for ``node_id``'s API and hand it over (the caller owns it).
+
+        The platform knows the port from now on: deliveries and status calls go there. This
+        is how in-process nodes get their API socket without any free-port guessing.
+
+        Raises:
+            PlatformStateError: The platform is not running, or runs in memory.
+            KeyError: There is no such node.
+            OSError: No socket could be bound.
+        """
+        if self.transport != "http":
+            raise PlatformStateError("the in-memory platform reaches node APIs without sockets")
+        core = self._run.core
+        core.nodes[node_id]
+        sock = bind_socket(self._host)
+        core.register_api_port(node_id, sock.getsockname()[1])
+        return sock
+
+    def transport_for(self, node: LocalNode | str, config: FlameConfig | None = None) -> Transport:
+        """A transport for one node of this platform, for ``FlameSDK(config, transport=...)``.
+
+        Over HTTP it is an :class:`~flame_async.AiohttpTransport` whose API socket the
+        platform bound (:meth:`bind_api`); in memory a :class:`MemoryTransport`.
+
+        Args:
+            node: The node (or its id).
+            config: The node's configuration (default ``node.config()``).
+
+        Raises:
+            PlatformStateError: The platform is not running.
+            KeyError: There is no such node.
+        """
+        node_id = node if isinstance(node, str) else node.node_id
+        core = self._run.core
+        if self.transport == "memory":
+            core.nodes[node_id]
+            return MemoryTransport(core, node_id)
+        return AiohttpTransport.from_config(
+            config or core.nodes[node_id].config(), api_socket=self.bind_api(node_id)
+        )
+
+    def api_port(self, node_id: str) -> int | None:
+        """The port ``node_id``'s API listens on, once known (None in memory, or before).
+
+        Raises:
             PlatformStateError: The platform has not been entered.
         """
-        return self._run.shared_url
+        return self._run.core.api_port(node_id)
+
+    def call_api(
+        self, node_id: str, request: Request, *, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[Response]:
+        """Send ``request`` to ``node_id``'s API (over HTTP or in memory), as the PO does.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            NodeUnreachable: (entering) The API is not listening.
+            TimeoutError: (entering) No answer within ``timeout``.
+        """
+        return self._run.core.call_node(node_id, request, timeout=timeout)
 
     @property
     def deliveries(self) -> list[DeliveryEvent]:
@@ -496,17 +625,6 @@ def _default_state_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
     return base / "flame-async" / "state"
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    """``count`` distinct ports that are free on ``host`` right now (bound at once, released)."""
-    sockets: list[socket.socket] = []
-    try:
-        sockets.extend(bind_socket(host) for _ in range(count))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _http_url(host: str, port: int) -> str:

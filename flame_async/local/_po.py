@@ -13,21 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final
 
-import aiohttp
 import anyio
 import orjson
-from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from yarl import URL
+from pydantic import ValidationError
 
-from ._core import PlatformCore
+from .._transport import BodyTooLarge, Request, Response
+from .._wire import HealthAnswer, StreamLog
+from ._core import NodeUnreachable, PlatformCore
+from ._http import Call, Route, detail_response, json_response, require_bearer
 from ._node import LocalNode
 from ._records import LogRecord
-from ._service import bearer_auth, json_response
 
 __all__ = ["TERMINAL_STATUSES", "PodOrchestrator"]
 
@@ -36,22 +36,7 @@ logger = logging.getLogger("flame_async.local.po")
 TERMINAL_STATUSES = frozenset({"executed", "failed", "stopped"})
 """Statuses after which the PO stops polling a node."""
 
-LogType = Literal["emerg", "alert", "crit", "error", "warn", "notice", "info", "debug"]
-RunStatus = Literal[
-    "starting", "started", "executing", "executed", "stopping", "stopped", "failed", "stuck"
-]
-
-
-class _StreamLog(BaseModel):
-    """Body of ``POST /po/stream_logs`` (the PO's ``CreateLogEntity``)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    log: str
-    log_type: LogType
-    analysis_id: str
-    status: RunStatus
-    progress: int = Field(ge=0, le=100)
+_LOG_LIMIT: Final = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -89,7 +74,7 @@ class PodOrchestrator:
         self._interval = interval
         self._healthz_attempts = healthz_attempts
         self._healthz_pause = min(1.0, interval / 4)
-        self._timeout = aiohttp.ClientTimeout(total=max(1.0, min(interval, 10.0)))
+        self._timeout = max(1.0, min(interval, 10.0))
         self._refresh_below = 2 * interval + 1
         self._states = {
             node_id: _NodeState(token=node.env["KEYCLOAK_TOKEN"], logs=deque(maxlen=max_logs))
@@ -120,27 +105,38 @@ class PodOrchestrator:
 
     # -- gateway -------------------------------------------------------------------------------
 
-    def mount(self, app: web.Application, node: LocalNode) -> None:
-        """Serve ``POST /po/stream_logs`` for ``node``."""
-        po = web.Application(middlewares=[bearer_auth(self._core.issuer, self._core.analysis_id)])
+    def routes(self, node: LocalNode) -> Iterable[Route]:
+        """``POST /po/stream_logs`` for ``node``."""
 
-        async def stream_logs(request: web.Request) -> web.Response:
-            return self._stream_logs(node.node_id, await request.read())
+        async def stream_logs(call: Call) -> Response:
+            try:
+                body = await call.request.read(_LOG_LIMIT)
+            except BodyTooLarge:
+                return detail_response(413, f"the log is larger than {_LOG_LIMIT} bytes")
+            except TypeError:
+                return detail_response(422, "the body must be JSON")
+            return self._stream_logs(node.node_id, body)
 
-        po.router.add_post("/stream_logs", stream_logs)
-        app.add_subapp("/po", po)
+        core = self._core
+        return [
+            Route(
+                "POST",
+                "/po/stream_logs",
+                require_bearer(stream_logs, core.issuer, core.analysis_id),
+            )
+        ]
 
-    def _stream_logs(self, node_id: str, body: bytes) -> web.Response:
+    def _stream_logs(self, node_id: str, body: bytes) -> Response:
         try:
-            entry = _StreamLog.model_validate_json(body)
+            entry = StreamLog.model_validate_json(body)
         except ValidationError as exc:
             errors = [
                 {**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)
             ]
-            return web.Response(
-                body=orjson.dumps({"detail": errors}, default=str),
-                status=422,
-                content_type="application/json",
+            return Response(
+                422,
+                orjson.dumps({"detail": errors}, default=str),
+                headers={"content-type": "application/json"},
             )
         state = self._states[node_id]
         state.logs.append(
@@ -168,75 +164,76 @@ class PodOrchestrator:
 
         Cancellation: stops the loop at once (the platform cancels it on exit).
         """
-        api = URL(node.api_url)
         state = self._states[node.node_id]
         while state.status not in TERMINAL_STATUSES:
             await anyio.sleep(self._interval)
             try:
-                await self._round(node.node_id, api, state)
+                await self._round(node.node_id, state)
             except Exception:  # loop supervisor: one bad round must not end the loop
                 logger.warning("status round for %s failed", node.node_id, exc_info=True)
 
-    async def _round(self, node_id: str, api: URL, state: _NodeState) -> None:
+    async def _round(self, node_id: str, state: _NodeState) -> None:
         partners = {
             other: self._states[other].status for other in self._core.nodes if other != node_id
         }
-        await self._post(api / "partner_status", {"partner_status": partners})
+        await self._post(node_id, "/partner_status", {"partner_status": partners})
 
-        reply = await self._healthz(api)
+        reply = await self._healthz(node_id)
         if reply is None:
             state.health = "unreachable"
             return
-        status, remaining = reply
-        state.health = status
-        if status in TERMINAL_STATUSES and state.status not in TERMINAL_STATUSES:
-            state.status = status
-        if remaining < self._refresh_below:
+        state.health = reply.status
+        if reply.status in TERMINAL_STATUSES and state.status not in TERMINAL_STATUSES:
+            state.status = reply.status
+        if reply.token_remaining_time < self._refresh_below:
             token = self._core.issuer.mint(node_id)
-            if await self._post(api / "token_refresh", {"token": token}):
+            if await self._post(node_id, "/token_refresh", {"token": token}):
                 state.token = token
                 state.token_refreshes += 1
 
-    async def _post(self, url: URL, body: dict[str, Any]) -> bool:
-        """POST ``body``; True on a 2xx answer. Failures are normal while a node starts."""
+    async def _post(self, node_id: str, path: str, body: dict[str, Any]) -> bool:
+        """POST ``body`` to the node's API; True on a 2xx answer. Failures are normal while a
+        node starts."""
+        request = Request("POST", path, headers=_JSON, body=orjson.dumps(body))
         try:
-            async with self._core.session.post(
-                url, data=orjson.dumps(body), headers=_JSON, timeout=self._timeout
-            ) as response:
-                await response.read()
-                ok = 200 <= response.status < 300
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.debug("PO: POST %s failed: %r", url, exc)
+            async with self._core.call_node(node_id, request, timeout=self._timeout) as answer:
+                await answer.read()
+                status = answer.status
+        except (NodeUnreachable, TimeoutError, OSError) as exc:
+            logger.debug("PO: POST %s to %s failed: %r", path, node_id, exc)
             return False
-        if not ok:
-            logger.debug("PO: POST %s answered %d", url, response.status)
-        return ok
+        if not 200 <= status < 300:
+            logger.debug("PO: POST %s to %s answered %d", path, node_id, status)
+            return False
+        return True
 
-    async def _healthz(self, api: URL) -> tuple[str, float] | None:
-        """``(status, token_remaining_time)`` from ``/healthz``, or None if it never answered."""
+    async def _healthz(self, node_id: str) -> HealthAnswer | None:
+        """The node's ``/healthz`` answer, or None if it never answered."""
         for attempt in range(self._healthz_attempts):
             if attempt:
                 await anyio.sleep(self._healthz_pause)
             try:
-                async with self._core.session.get(
-                    api / "healthz", headers=_ACCEPT_JSON, timeout=self._timeout
-                ) as response:
-                    if response.status != 200:
+                async with self._core.call_node(
+                    node_id, Request("GET", "/healthz", headers=_ACCEPT_JSON), timeout=self._timeout
+                ) as answer:
+                    if answer.status != 200:
                         continue
-                    body = orjson.loads(await response.read())
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-                logger.debug("PO: GET %s/healthz failed: %r", api, exc)
+                    raw = await answer.read()
+            except (NodeUnreachable, TimeoutError, OSError) as exc:
+                logger.debug("PO: GET /healthz of %s failed: %r", node_id, exc)
                 continue
-            if not isinstance(body, dict):
-                continue
-            status = body.get("status")
-            remaining = body.get("token_remaining_time")
-            return (
-                status if isinstance(status, str) else "unknown",
-                remaining if isinstance(remaining, int | float) else 0.0,
-            )
+            try:
+                return HealthAnswer.model_validate_json(raw)
+            except ValidationError:
+                try:  # a status the PO cannot read counts as "unknown", like the real PO's
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    status = value.get("status")
+                    return HealthAnswer(status=status if isinstance(status, str) else "unknown")
         return None
 
 
-_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
-_ACCEPT_JSON = {"Accept": "application/json"}
+_JSON = {"content-type": "application/json", "accept": "application/json"}
+_ACCEPT_JSON = {"accept": "application/json"}

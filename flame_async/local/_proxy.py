@@ -1,49 +1,48 @@
 """Ingress to the node's analysis API: nginx's ``/analysis/*`` location.
 
 nginx strips ``/analysis`` and forwards to the analysis container on port 8000, passing the Host
-header through. Locally the upstream is ``http://{FLAME_API_HOST}:{api_port}``.
+header through. Locally the upstream is the node's API wherever it is (its announced port, or
+its handler in memory): :meth:`~flame_async.local._core.PlatformCore.call_node`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from typing import Final
 
-import aiohttp
-from aiohttp import hdrs, web
-from multidict import CIMultiDict
-from yarl import URL
-
-from ._core import PlatformCore
+from .._transport import Request, Response
+from ._core import NodeUnreachable, PlatformCore
+from ._http import Call, Route, detail_response
 from ._node import LocalNode
-from ._service import detail_response
 
 __all__ = ["AnalysisProxy"]
 
 logger = logging.getLogger("flame_async.local.proxy")
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are not forwarded.
-_HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        hdrs.CONNECTION,
-        hdrs.KEEP_ALIVE,
-        hdrs.PROXY_AUTHENTICATE,
-        hdrs.PROXY_AUTHORIZATION,
-        hdrs.TE,
-        hdrs.TRAILER,
-        hdrs.TRANSFER_ENCODING,
-        hdrs.UPGRADE,
-        "Proxy-Connection",
-    )
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
 )
-_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=120.0)
+_READ_TIMEOUT: Final = 120.0
 
 
 class AnalysisProxy:
     """Reverse proxy from ``{gateway}/analysis/{path}`` to ``{node API}/{path}``.
 
     Args:
-        core: The running platform (its session makes the upstream requests).
+        core: The running platform (it knows where each node's API is).
     """
 
     prefixes = ("/analysis",)
@@ -51,60 +50,52 @@ class AnalysisProxy:
     def __init__(self, core: PlatformCore) -> None:
         self._core = core
 
-    def mount(self, app: web.Application, node: LocalNode) -> None:
+    def routes(self, node: LocalNode) -> Iterable[Route]:
         """Forward ``/analysis/...`` of ``node``'s gateway to its API."""
-        upstream = URL(node.api_url)
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            return await self._forward(request, upstream)
+        async def forward(call: Call) -> Response:
+            return await self._forward(node.node_id, call.request)
 
-        app.router.add_route("*", "/analysis/{tail:.*}", forward)
+        return [Route("*", "/analysis/{tail:.*}", forward)]
 
-    async def _forward(self, request: web.Request, upstream: URL) -> web.StreamResponse:
-        """Forward one request and stream the answer back.
+    async def _forward(self, node_id: str, request: Request) -> Response:
+        """Forward one request; the answer streams back.
 
-        A refused or failed connection gives 502 (what nginx answers), a timeout 504. If the
-        upstream fails after the answer started, the client's connection is cut.
+        A refused or failed connection gives 502 (what nginx answers), a timeout 504.
 
         Cancellation: the upstream request is abandoned with the client's.
         """
-        target = URL.build(
-            scheme=upstream.scheme,
-            host=upstream.raw_host or "",
-            port=upstream.port,
-            path=request.rel_url.raw_path[len("/analysis") :],
-            query_string=request.rel_url.raw_query_string,
-            encoded=True,
+        upstream = Request(
+            request.method,
+            request.path[len("/analysis") :] or "/",
+            query_string=request.query_string,
+            headers={k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP},
+            body=request.body,
         )
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
-        )
-        response: web.StreamResponse | None = None
+        stack = AsyncExitStack()
         try:
-            async with self._core.session.request(
-                request.method,
-                target,
-                headers=headers,
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
-                timeout=_TIMEOUT,
-                auto_decompress=False,
-            ) as answer:
-                response = web.StreamResponse(status=answer.status, reason=answer.reason)
-                for name, value in answer.headers.items():
-                    if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-                        response.headers.add(name, value)
-                if answer.content_length is not None:
-                    response.content_length = answer.content_length
-                await response.prepare(request)
-                async for chunk in answer.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if response is not None and response.prepared:
-                raise
-            logger.debug("proxy to %s failed: %r", target, exc)
-            if isinstance(exc, TimeoutError):
-                return detail_response(504, "the analysis API did not answer in time")
+            answer = await stack.enter_async_context(
+                self._core.call_node(node_id, upstream, timeout=_READ_TIMEOUT)
+            )
+        except (NodeUnreachable, OSError) as exc:
+            await stack.aclose()
+            logger.debug("proxy to %s failed: %r", node_id, exc)
             return detail_response(502, f"the analysis API is not reachable: {exc}")
+        except TimeoutError:
+            await stack.aclose()
+            return detail_response(504, "the analysis API did not answer in time")
+        except BaseException:
+            await stack.aclose()
+            raise
+        headers = {
+            k: v
+            for k, v in answer.headers.items()
+            if k not in _HOP_BY_HOP and k != "content-length"
+        }
+        return Response(
+            answer.status,
+            answer.iter_chunks(),
+            headers=headers,
+            content_length=answer.content_length,
+            on_close=stack.aclose,
+        )

@@ -27,21 +27,20 @@ import math
 import random
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import orjson
-from aiohttp import BodyPartReader, hdrs, web
-from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
+from .._transport import FileBody, Form, FormPart, Response
+from .._wire import TagAnswer, TagEntry, TaggedAnswer, TaggedEntry, TagsAnswer
 from ._core import PlatformCore
+from ._http import Call, Route, RouteHandler, detail_response, json_response, require_bearer
 from ._localstore import LocalStore, TagError, check_tag
 from ._node import LocalNode
-from ._service import bearer_auth, json_response
 
 __all__ = ["StorageService", "laplace_noise"]
 
@@ -66,17 +65,32 @@ def laplace_noise(rng: random.Random, scale: float) -> float:
     return rng.expovariate(rate) - rng.expovariate(rate)
 
 
-def _error(cls: type[web.HTTPError], detail: Any) -> web.HTTPError:
-    return cls(text=orjson.dumps({"detail": detail}).decode(), content_type="application/json")
+class _Refused(Exception):
+    """An error answer, raised from deep inside a route."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        self.response = detail_response(status, detail)
+        super().__init__(detail)
 
 
-def _unprocessable(where: str, name: str, kind: str, message: str, value: Any) -> web.HTTPError:
+def _answers(handler: RouteHandler) -> RouteHandler:
+    """``handler`` with :class:`_Refused` turned into its answer."""
+
+    async def answered(call: Call) -> Response:
+        try:
+            return await handler(call)
+        except _Refused as refused:
+            return refused.response
+
+    return answered
+
+
+def _unprocessable(where: str, name: str, kind: str, message: str, value: Any) -> _Refused:
     """422 as FastAPI words it: ``{"detail": [{"type", "loc", "msg", "input"}]}``."""
-    detail = [{"type": kind, "loc": [where, name], "msg": message, "input": value}]
-    return _error(web.HTTPUnprocessableEntity, detail)
+    return _Refused(422, [{"type": kind, "loc": [where, name], "msg": message, "input": value}])
 
 
-def _missing(where: str, name: str) -> web.HTTPError:
+def _missing(where: str, name: str) -> _Refused:
     return _unprocessable(where, name, "missing", "Field required", None)
 
 
@@ -103,10 +117,8 @@ def _positive(fields: dict[str, str], name: str) -> float:
     return value
 
 
-def _url(request: web.Request, path: str, **query: str) -> str:
-    return str(
-        URL.build(scheme=request.scheme, authority=request.host, path=path, query=query or None)
-    )
+def _url(call: Call, path: str, **query: str) -> str:
+    return str(URL.build(scheme="http", authority=call.host, path=path, query=query or None))
 
 
 def _safe_filename(name: str | None) -> str:
@@ -140,64 +152,61 @@ class _Form:
             self.upload.path.unlink(missing_ok=True)
 
 
-async def _receive(request: web.Request, directory: Path) -> _Form:
+async def _receive(call: Call, directory: Path) -> _Form:
     """Read a multipart form, streaming the part ``file`` into ``directory``.
 
     Raises:
-        web.HTTPError: The body is not a multipart form (422) or malformed (400).
+        _Refused: The body is not a multipart form (422) or malformed (400).
 
     Cancellation: the partial upload is removed.
     """
-    if not request.content_type.startswith("multipart/"):
+    body = call.request.body
+    if not isinstance(body, Form):
         raise _missing("body", "file")
     form = _Form({}, None)
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                await part.release()  # a nested multipart body: no field of ours
-            elif part.name == "file" and form.upload is None:
+        async for part in body:
+            if part.name == "file" and form.upload is None:
                 form.upload = await _save(part, directory)
             elif part.name and part.filename is None:
                 form.fields[part.name] = await _read_field(part)
-            else:
-                await part.release()
     except ValueError as exc:  # aiohttp's word for a malformed multipart body
         form.discard()
-        raise _error(web.HTTPBadRequest, f"the multipart body is malformed: {exc}") from exc
+        raise _Refused(400, f"the multipart body is malformed: {exc}") from exc
     except BaseException:
         form.discard()
         raise
     return form
 
 
-async def _save(part: BodyPartReader, directory: Path) -> _Upload:
+async def _save(part: FormPart, directory: Path) -> _Upload:
     path = directory / f".{uuid.uuid4().hex}.part"
     size = 0
     try:
         async with await anyio.open_file(path, "xb") as file:
             # each chunk goes to disk as read: no joining, no extra copy of the body
-            while chunk := await part.read_chunk(_CHUNK):
-                data = part.decode(chunk)
-                await file.write(data)
-                size += len(data)
+            async for chunk in part.chunks():
+                await file.write(chunk)
+                size += len(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    content_type = part.headers.get(hdrs.CONTENT_TYPE, _OCTET_STREAM)
-    return _Upload(path, part.filename, content_type, size)
+    return _Upload(path, part.filename, part.content_type or _OCTET_STREAM, size)
 
 
-async def _read_field(part: BodyPartReader) -> str:
+async def _read_field(part: FormPart) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(_FIELD_LIMIT):
-        data += part.decode(chunk)
+    async for chunk in part.chunks():
+        data += chunk
         if len(data) > _FIELD_LIMIT:
-            raise _error(web.HTTPBadRequest, f"the form field {part.name} is too large")
+            raise _Refused(400, f"the form field {part.name} is too large")
+    charset = "utf-8"
+    if "charset=" in part.content_type:
+        charset = part.content_type.split("charset=", 1)[1].split(";", 1)[0].strip() or "utf-8"
     try:
-        return data.decode(part.get_charset(default="utf-8"))
+        return data.decode(charset)
     except (UnicodeDecodeError, LookupError):
-        raise _error(web.HTTPBadRequest, f"the form field {part.name} is not text") from None
+        raise _Refused(400, f"the form field {part.name} is not text") from None
 
 
 def _read_number(path: Path) -> float | None:
@@ -213,24 +222,6 @@ def _read_number(path: Path) -> float | None:
 def _write_text(path: Path, text: str, target: Path) -> None:
     path.write_text(text, encoding="utf-8")
     path.replace(target)
-
-
-class _HandOver(web.FileResponse):
-    """Sends a file, then deletes it; calls ``restore`` instead if sending fails."""
-
-    def __init__(self, path: Path, *, restore: Callable[[], object]) -> None:
-        super().__init__(path, headers={hdrs.CONTENT_TYPE: _OCTET_STREAM})
-        self._file = path
-        self._restore = restore
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        try:
-            writer = await super().prepare(request)  # sends the whole file
-        except BaseException:
-            self._restore()
-            raise
-        await anyio.Path(self._file).unlink(missing_ok=True)
-        return writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,26 +266,27 @@ class StorageService:
             raise KeyError(node_id)
         return [path for path, owner in self._finals.items() if node_id in (None, owner)]
 
-    def mount(self, app: web.Application, node: LocalNode) -> None:
-        """Serve the storage routes of ``node`` under ``/storage``."""
+    def routes(self, node: LocalNode) -> Iterable[Route]:
+        """The storage routes of ``node`` under ``/storage``."""
         api = _NodeStorage(self, node)
-        storage = web.Application(
-            middlewares=[
-                bearer_auth(
-                    self._core.issuer, self._core.analysis_id, rejected=(403, "JWT is malformed")
-                )
-            ]
-        )
-        storage.router.add_put("/final", api.put_final)
-        storage.router.add_put("/final/localdp", api.put_final_localdp)
-        storage.router.add_put("/intermediate", api.put_intermediate)
-        storage.router.add_get("/intermediate/{object_id}", api.get_intermediate, allow_head=False)
-        storage.router.add_put("/local", api.put_local)
-        storage.router.add_get("/local/tags", api.get_tags)
-        storage.router.add_post("/local/tags", api.post_tag)
-        storage.router.add_get("/local/tags/{tag}", api.get_tagged)
-        storage.router.add_get("/local/{object_id}", api.get_local)
-        app.add_subapp("/storage", storage)
+        core = self._core
+
+        def authed(handler: RouteHandler) -> RouteHandler:
+            return require_bearer(
+                _answers(handler), core.issuer, core.analysis_id, rejected=(403, "JWT is malformed")
+            )
+
+        return [
+            Route("PUT", "/storage/final", authed(api.put_final)),
+            Route("PUT", "/storage/final/localdp", authed(api.put_final_localdp)),
+            Route("PUT", "/storage/intermediate", authed(api.put_intermediate)),
+            Route("GET", "/storage/intermediate/{object_id}", authed(api.get_intermediate)),
+            Route("PUT", "/storage/local", authed(api.put_local)),
+            Route("GET", "/storage/local/tags", authed(api.get_tags)),
+            Route("POST", "/storage/local/tags", authed(api.post_tag)),
+            Route("GET", "/storage/local/tags/{tag}", authed(api.get_tagged)),
+            Route("GET", "/storage/local/{object_id}", authed(api.get_local)),
+        ]
 
 
 class _NodeStorage:
@@ -310,13 +302,13 @@ class _NodeStorage:
 
     # -- final -----------------------------------------------------------------------------
 
-    async def _final_form(self, request: web.Request) -> tuple[_Form, Path]:
+    async def _final_form(self, call: Call) -> tuple[_Form, Path]:
         directory = self._service._final_dir / self._node_id
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-        return await _receive(request, directory), directory
+        return await _receive(call, directory), directory
 
-    async def put_final(self, request: web.Request) -> web.Response:
-        form, directory = await self._final_form(request)
+    async def put_final(self, call: Call) -> Response:
+        form, directory = await self._final_form(call)
         try:
             upload = form.file()
             target = directory / _safe_filename(upload.filename)
@@ -324,74 +316,86 @@ class _NodeStorage:
         finally:
             form.discard()
         self._service._finals[target] = self._node_id
-        return web.Response(status=204)
+        return Response(204)
 
-    async def put_final_localdp(self, request: web.Request) -> web.Response:
-        form, directory = await self._final_form(request)
+    async def put_final_localdp(self, call: Call) -> Response:
+        form, directory = await self._final_form(call)
         try:
             upload = form.file()
             epsilon = _positive(form.fields, "epsilon")
             sensitivity = _positive(form.fields, "sensitivity")
             value = await anyio.to_thread.run_sync(_read_number, upload.path)
             if value is None:
-                raise _error(web.HTTPBadRequest, "The uploaded file does not contain a number")
+                raise _Refused(400, "The uploaded file does not contain a number")
             noisy = value + laplace_noise(self._service._rng, sensitivity / epsilon)
             target = directory / _safe_filename(upload.filename)
             await anyio.to_thread.run_sync(_write_text, upload.path, repr(noisy), target)
         finally:
             form.discard()
         self._service._finals[target] = self._node_id
-        return web.Response(status=204)
+        return Response(204)
 
     # -- intermediate ----------------------------------------------------------------------
 
-    async def put_intermediate(self, request: web.Request) -> web.Response:
+    async def put_intermediate(self, call: Call) -> Response:
         directory = self._service._intermediate_dir
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-        form = await _receive(request, directory)
+        form = await _receive(call, directory)
         try:
             upload = form.file()
             receiver = form.fields.get("remote_node_id")
             if receiver is None:
                 raise _missing("body", "remote_node_id")
             if receiver not in self._nodes:
-                raise _error(web.HTTPNotFound, f"Remote node with ID {receiver} does not exist.")
+                raise _Refused(404, f"Remote node with ID {receiver} does not exist.")
             object_id = str(uuid.uuid4())
             path = directory / object_id
             await anyio.Path(upload.path).replace(path)
         finally:
             form.discard()
         self._service._intermediates[object_id] = _Intermediate(path, self._node_id, receiver)
-        url = _url(request, f"/intermediate/{object_id}", remote_node_id=self._node_id)
+        url = _url(call, f"/intermediate/{object_id}", remote_node_id=self._node_id)
         return json_response({"url": url, "object_id": object_id})
 
-    async def get_intermediate(self, request: web.Request) -> web.StreamResponse:
+    async def get_intermediate(self, call: Call) -> Response:
         """Hand the object to its receiver once.
 
         Cancellation: an object not sent in full stays for another read.
         """
-        object_id = _object_id(request.match_info["object_id"])
-        sender = request.query.get("remote_node_id")
+        object_id = _object_id(call.params["object_id"])
+        sender = call.request.query.get("remote_node_id")
         if sender is None:
             raise _missing("query", "remote_node_id")
         objects = self._service._intermediates
         found = objects.get(object_id)
         if found is None:
-            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist")
+            raise _Refused(404, f"Object with ID {object_id} does not exist")
         if sender not in self._nodes:
-            raise _error(web.HTTPNotFound, f"Remote node with ID {sender} does not exist.")
+            raise _Refused(404, f"Remote node with ID {sender} does not exist.")
         if sender != found.uploader or self._node_id != found.receiver:
-            raise _error(
-                web.HTTPBadRequest,
+            raise _Refused(
+                400,
                 f"Failed to decrypt file with ID {object_id} which was encrypted by node {sender}.",
             )
         del objects[object_id]  # taken: a concurrent second read gets 404
-        return _HandOver(found.path, restore=lambda: objects.setdefault(object_id, found))
+
+        async def delete() -> None:
+            await anyio.Path(found.path).unlink(missing_ok=True)
+
+        def restore() -> None:  # not read in full: the object stays for another read
+            objects.setdefault(object_id, found)
+
+        return Response(
+            200,
+            FileBody(found.path, on_complete=delete, on_abort=restore),
+            headers={"content-type": _OCTET_STREAM},
+            content_length=found.path.stat().st_size,
+        )
 
     # -- local -----------------------------------------------------------------------------
 
-    async def put_local(self, request: web.Request) -> web.Response:
-        form = await _receive(request, await self._local.objects_dir())
+    async def put_local(self, call: Call) -> Response:
+        form = await _receive(call, await self._local.objects_dir())
         try:
             upload = form.file()
             tag = form.fields.get("tag")
@@ -406,33 +410,38 @@ class _NodeStorage:
             )
         finally:
             form.discard()
-        url = _url(request, f"/local/{object_id}")
+        url = _url(call, f"/local/{object_id}")
         return json_response({"url": url, "object_id": object_id})
 
-    async def get_local(self, request: web.Request) -> web.StreamResponse:
-        object_id = _object_id(request.match_info["object_id"])
+    async def get_local(self, call: Call) -> Response:
+        object_id = _object_id(call.params["object_id"])
         found = await self._local.get(object_id)
         if found is None:
-            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist")
+            raise _Refused(404, f"Object with ID {object_id} does not exist")
         record, path = found
-        return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: record.content_type})
+        return Response(
+            200,
+            FileBody(path),
+            headers={"content-type": record.content_type},
+            content_length=record.size,
+        )
 
-    async def get_tags(self, request: web.Request) -> web.Response:
+    async def get_tags(self, call: Call) -> Response:
         tags = [
-            {"name": tag, "url": _url(request, f"/local/tags/{tag}")}
+            TagEntry(name=tag, url=_url(call, f"/local/tags/{tag}"))
             for tag in await self._local.tags()
         ]
-        return json_response({"tags": tags})
+        return json_response(TagsAnswer(tags=tags).wire())
 
-    async def get_tagged(self, request: web.Request) -> web.Response:
+    async def get_tagged(self, call: Call) -> Response:
         results = [
-            {"filename": filename, "url": _url(request, f"/local/{object_id}")}
-            for filename, object_id in await self._local.tagged(request.match_info["tag"])
+            TaggedEntry(filename=filename, url=_url(call, f"/local/{object_id}"))
+            for filename, object_id in await self._local.tagged(call.params["tag"])
         ]
-        return json_response({"results": results})
+        return json_response(TaggedAnswer(results=results).wire())
 
-    async def post_tag(self, request: web.Request) -> web.Response:
-        query = request.query
+    async def post_tag(self, call: Call) -> Response:
+        query = call.request.query
         tag = query.get("tag_name")
         if tag is None:
             raise _missing("query", "tag_name")
@@ -442,14 +451,16 @@ class _NodeStorage:
         try:
             filename = await self._local.tag(object_id, tag, query.get("filename"))
         except KeyError:
-            raise _error(web.HTTPNotFound, f"Object with ID {object_id} does not exist") from None
+            raise _Refused(404, f"Object with ID {object_id} does not exist") from None
         except TagError as exc:
-            raise _error(web.HTTPBadRequest, str(exc)) from None
-        return json_response({"filename": filename, "url": _url(request, f"/local/{object_id}")})
+            raise _Refused(400, str(exc)) from None
+        return json_response(
+            TagAnswer(filename=filename, url=_url(call, f"/local/{object_id}")).wire()
+        )
 
 
 def _checked_tag(tag: str) -> None:
     try:
         check_tag(tag)
     except TagError as exc:
-        raise _error(web.HTTPBadRequest, str(exc)) from None
+        raise _Refused(400, str(exc)) from None

@@ -27,10 +27,11 @@ async def running(
     sdk_options = {"resend_initial": 0.2, **(sdk or {})}
     async with LocalPlatform(nodes, **options) as platform, AsyncExitStack() as stack:
         count = len(platform.nodes) if start is None else start
-        flames = [
-            await stack.enter_async_context(
-                FlameSDK(node.config(**{"retry": FAST_RETRY, **(config or {})}), **sdk_options)
+        flames = []
+        for node in platform.nodes[:count]:
+            node_config = node.config(**{"retry": FAST_RETRY, **(config or {})})
+            flame = FlameSDK(
+                node_config, transport=platform.transport_for(node, node_config), **sdk_options
             )
-            for node in platform.nodes[:count]
-        ]
+            flames.append(await stack.enter_async_context(flame))
         yield platform, flames

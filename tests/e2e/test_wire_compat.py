@@ -10,7 +10,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from flame_async.local import LocalNode
+from flame_async.local import LocalNode, LocalPlatform
 
 from .conftest import running
 
@@ -38,7 +38,7 @@ class LegacyNode:
         self.inbox: list[dict[str, Any]] = []
         self.arrived = anyio.Event()
 
-    async def serve(self) -> web.AppRunner:
+    async def serve(self, platform: LocalPlatform) -> web.AppRunner:
         async def webhook(request: web.Request) -> web.Response:
             self.inbox.append(await request.json())
             self.arrived.set()
@@ -48,7 +48,8 @@ class LegacyNode:
         app.router.add_post("/webhook", webhook)
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.node.api_port).start()
+        # the platform binds the API socket and knows its port (no free-port guessing)
+        await web.SockSite(runner, platform.bind_api(self.node.node_id)).start()
         return runner
 
     def url(self, path: str) -> str:
@@ -85,7 +86,7 @@ class LegacyNode:
 async def test_outgoing_message_carries_flamesdk_meta_and_user_fields() -> None:
     async with running(2, start=1) as (platform, (a,)), aiohttp.ClientSession() as http:
         legacy = LegacyNode(platform.nodes[1], http)
-        runner = await legacy.serve()
+        runner = await legacy.serve(platform)
         try:
             await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
             async with anyio.create_task_group() as tg:
@@ -111,7 +112,7 @@ async def test_outgoing_message_carries_flamesdk_meta_and_user_fields() -> None:
 async def test_flamesdk_message_is_handed_over_and_acked_recognisably() -> None:
     async with running(2, start=1) as (platform, (a,)), aiohttp.ClientSession() as http:
         legacy = LegacyNode(platform.nodes[1], http)
-        runner = await legacy.serve()
+        runner = await legacy.serve(platform)
         try:
             await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
             original_meta = {

@@ -22,14 +22,22 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 @pytest.fixture
+def platforms() -> list[LocalPlatform]:
+    """Every platform a test started (so a node's stub API finds its platform)."""
+    return []
+
+
+@pytest.fixture
 def start_platform(
-    stack: AsyncExitStack, tmp_path: Path
+    stack: AsyncExitStack, tmp_path: Path, platforms: list[LocalPlatform]
 ) -> Callable[..., Awaitable[LocalPlatform]]:
     async def start(nodes: Any = 3, **options: Any) -> LocalPlatform:
         options.setdefault("webhook_retry_initial", 0.001)
         options.setdefault("po_interval", 3600.0)  # status loop off unless a test wants it
         options.setdefault("state_dir", tmp_path / "state")  # never the user's cache
-        return await stack.enter_async_context(LocalPlatform(nodes, **options))
+        started = await stack.enter_async_context(LocalPlatform(nodes, **options))
+        platforms.append(started)
+        return started
 
     return start
 
@@ -45,9 +53,12 @@ async def http(stack: AsyncExitStack) -> aiohttp.ClientSession:
 
 
 @pytest.fixture
-def start_api(stack: AsyncExitStack) -> Callable[[LocalNode], Awaitable[StubApi]]:
+def start_api(
+    stack: AsyncExitStack, platforms: list[LocalPlatform]
+) -> Callable[[LocalNode], Awaitable[StubApi]]:
     async def start(node: LocalNode) -> StubApi:
-        return await StubApi(node).start(stack)
+        owner = next(p for p in platforms if p.node(node.node_id) is node)
+        return await StubApi(node).start(stack, owner)
 
     return start
 

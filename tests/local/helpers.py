@@ -1,7 +1,8 @@
 """Helpers for the local platform tests.
 
-Node APIs are stood in for by :class:`StubApi`, a small aiohttp server on the node's ``api_port``
-that records what the broker and the PO send it. Gateways are called with a raw aiohttp client
+Node APIs are stood in for by :class:`StubApi`, a small aiohttp server on a socket the platform
+bound for the node (:meth:`LocalPlatform.bind_api`), that records what the broker and the PO send
+it. Gateways are called with a raw aiohttp client
 (:class:`Gateway`). Nothing here waits on wall-clock speed: waits are for conditions, with
 generous deadlines.
 """
@@ -64,13 +65,14 @@ class StubApi:
     def on(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
-    async def start(self, stack: AsyncExitStack) -> StubApi:
+    async def start(self, stack: AsyncExitStack, platform: LocalPlatform) -> StubApi:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, "127.0.0.1", self.node.api_port).start()
+        sock = platform.bind_api(self.node.node_id)  # whoever binds a port owns it
+        await web.SockSite(runner, sock).start()  # the runner's cleanup closes it
         return self
 
     async def _handle(self, request: web.Request) -> web.Response:

@@ -289,7 +289,7 @@ async def test_webhook_behind_a_gateway_is_delivered_straight_to_the_node_api(
     await gateway("node-1").send(["node-2"], MESSAGE)
     await eventually(lambda: len(receiver.on("/webhook")) == 2)
     hosts = {r.headers["Host"] for r in receiver.on("/webhook")}
-    assert hosts == {f"127.0.0.1:{node.api_port}"}
+    assert hosts == {f"127.0.0.1:{platform.api_port(node.node_id)}"}
     assert sorted(r.query for r in receiver.on("/webhook")) == ["", "x=1"]
     await eventually(lambda: len(platform.deliveries) == 2)
     assert {e.outcome for e in platform.deliveries} == {"delivered"}
@@ -300,10 +300,11 @@ async def test_webhook_elsewhere_is_posted_as_given(
 ) -> None:
     node = platform.node("node-2")
     receiver = await start_api(node)
-    await gateway("node-2").subscribe(f"http://localhost:{node.api_port}/webhook")
+    port = platform.api_port(node.node_id)
+    await gateway("node-2").subscribe(f"http://localhost:{port}/webhook")
     await gateway("node-1").send(["node-2"], MESSAGE)
     await eventually(lambda: receiver.on("/webhook"))
-    assert receiver.on("/webhook")[0].headers["Host"] == f"localhost:{node.api_port}"
+    assert receiver.on("/webhook")[0].headers["Host"] == f"localhost:{port}"
 
 
 async def test_broker_healthz_needs_no_token(gateway) -> None:

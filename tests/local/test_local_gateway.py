@@ -5,11 +5,11 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from flame_async._transport import Request
 from flame_async.local import LocalPlatform
-from flame_async.local._gateway import node_app
+from flame_async.local._gateway import Gateway
 from flame_async.local._tokens import TokenIssuer
 
 from .helpers import eventually
@@ -26,14 +26,12 @@ async def test_healthz_is_answered_by_the_gateway(platform: LocalPlatform, http)
     "path", ["/storage/final", "/storage", "/hub-adapter/kong/datastore/x", "/kong/s/fhir/Patient"]
 )
 async def test_nginx_prefixes_no_service_claims_answer_501(
-    platform: LocalPlatform, http, path: str
+    platform: LocalPlatform, path: str
 ) -> None:
-    async with (
-        TestServer(node_app(platform.node("node-1"), [])) as server,
-        http.put(server.make_url(path), data=b"x") as response,
-    ):
-        assert response.status == 501
-        assert "not emulated" in (await response.json())["detail"]
+    gateway = Gateway(platform.node("node-1"), [])  # no services: plain logic, no server
+    response = await gateway.handle(Request("PUT", path, body=b"x"))
+    assert response.status == 501
+    assert "not emulated" in orjson.loads(await response.read())["detail"]
 
 
 @pytest.mark.parametrize("path", ["/storage/final", "/hub-adapter/kong/datastore/x", "/kong/s/s3"])

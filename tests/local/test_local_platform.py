@@ -71,8 +71,8 @@ async def test_nodes_have_their_env_and_config(start_platform) -> None:
     assert [n.node_id for n in platform.nodes] == ["alpha", "beta", "gamma"]
     assert [n.role for n in platform.nodes] == ["default", "aggregator", "default"]
     assert platform.aggregator is platform.node("beta")
-    ports = [n.gateway_port for n in platform.nodes] + [n.api_port for n in platform.nodes]
-    assert len(set(ports)) == 6
+    ports = [n.gateway_port for n in platform.nodes]
+    assert len(set(ports)) == 3
     assert len({n.deployment_name for n in platform.nodes}) == 3
     for node in platform.nodes:
         assert set(REQUIRED_ENV) <= node.env.keys()
@@ -84,13 +84,14 @@ async def test_nodes_have_their_env_and_config(start_platform) -> None:
             == f"http://127.0.0.1:{node.gateway_port}"
         )
         assert node.env["FLAME_API_HOST"] == "127.0.0.1"
-        assert node.env["FLAME_API_PORT"] == str(node.api_port)
+        assert node.env["FLAME_API_PORT"] == "0"  # the node binds, then announces its port
+        assert node.env["FLAME_ANNOUNCE_API"] == "1"
         assert node.env["FLAME_PARTNER_STATUS_GRACE"] == "1.5"
         config = node.config()
         assert isinstance(config, FlameConfig)
         assert config.base_url == node.gateway_url
         assert config.webhook_url == f"{node.gateway_url}/analysis/webhook"
-        assert (config.api_host, config.api_port) == ("127.0.0.1", node.api_port)
+        assert (config.api_host, config.api_port, config.announce_api) == ("127.0.0.1", 0, True)
         assert config.partner_status_grace == 1.5
         assert node.config(request_timeout=3).request_timeout == 3
         assert node.nginx_host == f"nginx-{node.deployment_name}"
@@ -109,12 +110,13 @@ async def test_longest_node_ids_still_give_valid_host_names(start_platform, http
         assert r.status == 200
 
 
-async def test_shared_port_can_be_chosen(start_platform) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    platform: LocalPlatform = await start_platform(1, shared_port=port)
-    assert platform.shared_url == f"http://127.0.0.1:{port}"
+async def test_the_chosen_shared_port_is_the_one_bound(start_platform) -> None:
+    # No free-port guessing: the port is held by this test, so binding it must fail, which
+    # shows that the platform binds exactly the port it was given.
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(OSError, match="in use"):
+            await start_platform(1, shared_port=port)
 
 
 async def test_enter_and_exit_may_happen_in_different_tasks() -> None:
@@ -137,7 +139,7 @@ async def test_exit_leaves_no_task_and_no_socket_behind() -> None:
     platform = LocalPlatform(3, po_interval=0.01, webhook_retry_initial=30.0)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(platform)
-        apis = [await StubApi(node).start(stack) for node in platform.nodes[:2]]
+        apis = [await StubApi(node).start(stack, platform) for node in platform.nodes[:2]]
         apis[1].webhook_answers = [500]  # the delivery waits 30 s before retrying
         http = await stack.enter_async_context(aiohttp.ClientSession())
         sender, receiver = (Gateway(http, platform, platform.node(n)) for n in ("node-1", "node-2"))
@@ -145,7 +147,8 @@ async def test_exit_leaves_no_task_and_no_socket_behind() -> None:
         assert await sender.send(["node-2"], {"x": 1}) == 202
         await eventually(lambda: apis[1].on("/webhook"))
         await eventually(lambda: len(apis[0].on("/healthz")) >= 2)
-        ports = {n.gateway_port for n in platform.nodes} | {n.api_port for n in platform.nodes}
+        ports = {n.gateway_port for n in platform.nodes}
+        ports |= {port for n in platform.nodes if (port := platform.api_port(n.node_id))}
         ports.add(int(platform.shared_url.rsplit(":", 1)[1]))
         assert _connections(ports)
     assert asyncio.all_tasks() == before

@@ -111,9 +111,14 @@ async def test_gateway_errors_are_retried_then_succeed(
 
 
 async def test_connection_refused_is_service_unavailable() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+    # bound but not listening for as long as the test runs: connections are refused
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+        await _refused(port)
+
+
+async def _refused(port: int) -> None:
     async with AiohttpTransport(f"http://127.0.0.1:{port}") as raw:
         transport = GatewayClient(
             raw,

@@ -1,0 +1,154 @@
+"""The in-memory transport: a node talks to the local platform in the same event loop.
+
+A request goes straight to the node's gateway handler (the same route logic that answers over
+HTTP), with no socket, no HTTP encoding and no parsing; bodies, multipart forms included, are
+handed over as they are. The node's API is registered with the platform, so webhook deliveries
+and the pod orchestrator's calls reach it by a function call. Everything the services check
+(tokens, routes, sizes, one-shot objects) is checked exactly as over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .._transport import Buffer, Handler, Request, Response
+from ..errors import IncompleteResponse, RequestTimeout, SDKStateError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from ._core import PlatformCore
+
+__all__ = ["MemoryTransport"]
+
+
+class _MemoryResponse(Response):
+    """A gateway's answer whose body errors are mapped like a transport's."""
+
+    __slots__ = ("_inner", "_where")
+
+    def __init__(self, inner: Response, where: tuple[str, str, str]) -> None:
+        super().__init__(
+            inner.status,
+            headers=inner.headers,
+            content_length=inner.content_length,
+            on_close=inner.aclose,
+        )
+        self._inner = inner
+        self._where = where
+
+    async def iter_chunks(self) -> AsyncIterator[Buffer]:
+        """The body as the service produces it.
+
+        Raises:
+            IncompleteResponse: The service failed while producing it.
+        """
+        try:
+            async for chunk in self._inner.iter_chunks():
+                yield chunk
+        except (OSError, ConnectionError) as exc:
+            service, method, url = self._where
+            raise IncompleteResponse(
+                f"the answer of {service} to {method} {url} was cut off: {exc}",
+                service=service,
+                method=method,
+                url=url,
+            ) from exc
+
+
+class MemoryTransport:
+    """The transport of one node of an in-memory :class:`~flame_async.local.LocalPlatform`.
+
+    Get it from :meth:`LocalPlatform.transport_for` (the runner does this for you with
+    ``--transport memory``); the SDK enters it and closes it.
+
+    Args:
+        core: The running platform.
+        node_id: The node this transport belongs to.
+    """
+
+    def __init__(self, core: PlatformCore, node_id: str) -> None:
+        self._core = core
+        self._node_id = node_id
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"MemoryTransport({self._node_id!r})"
+
+    async def __aenter__(self) -> Self:
+        """Start using the platform.
+
+        Raises:
+            SDKStateError: Entered twice.
+        """
+        if self._open:
+            raise SDKStateError("a MemoryTransport can be entered once")
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop using the platform; the node's API is no longer reachable."""
+        self._open = False
+        self._core.unregister_api(self._node_id)
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Response]:
+        """Hand ``request`` to the node's gateway; its answer is open inside the block.
+
+        Raises:
+            ServiceUnavailable: The platform is gone (it exited).
+            RequestTimeout: The gateway did not answer within ``request.timeout``.
+            SDKStateError: The transport is not entered.
+
+        Cancellation:
+            The request is abandoned where the service is (as a dropped connection would).
+        """
+        if not self._open:
+            raise SDKStateError("the transport is not open (enter it with 'async with')")
+        gateway = self._core.gateways.get(self._node_id)
+        where = (request.service, request.method, f"memory://{self._node_id}{request.path}")
+        if gateway is None or self._core.closed:
+            raise ServiceUnavailable(
+                f"cannot reach {request.service}: the local platform is not running",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            )
+        limit = request.timeout
+        try:
+            with anyio.fail_after(limit) if limit is not None else nullcontext():
+                answer = await gateway(request)
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"{request.service} did not answer {request.method} {where[2]} in time",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            ) from exc
+        response = _MemoryResponse(answer, where)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
+        """Register ``handler`` as the node's API with the platform until cancelled.
+
+        Cancellation:
+            Unregisters it.
+        """
+        self._core.register_api_handler(self._node_id, handler)
+        try:
+            task_status.started(None)
+            await anyio.sleep_forever()
+        finally:
+            self._core.unregister_api(self._node_id)
