@@ -138,8 +138,8 @@ async def discover(gateway: GatewayClient, analysis_id: str) -> Discovery:
     everyone = await gateway.request_model(
         WireParticipants, "GET", f"{_prefix(analysis_id)}/participants", service="broker"
     )
-    participants = {
-        p.node_id: Participant(node_id=p.node_id, role=NodeRole.parse(p.node_type))
+    participants = {  # already validated as the wire model: no second validation
+        p.node_id: Participant.model_construct(node_id=p.node_id, role=NodeRole.parse(p.node_type))
         for p in everyone.root
         if p.node_id != me.node_id
     }
@@ -184,6 +184,9 @@ class BrokerService:
         self._handlers: dict[str, Handler] = {}
         self._kick = asyncio.Event()
         self._planned: float | None = None
+        self._posting = 0
+        self._no_posts = asyncio.Event()
+        self._no_posts.set()
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Wake: self._wake,
             Settled: self._settled,
@@ -241,7 +244,9 @@ class BrokerService:
                 if keep is None and inline is not None and action.message_id == inline:
                     keep = action
                 else:
-                    self._tg.start_soon(self._post, action)
+                    self._posting += 1  # counted from now: drain() must see it
+                    self._no_posts.clear()
+                    self._tg.start_soon(self._post_spawned, action)
             else:
                 self._performers[type(action)](action)
         planned, deadline = self._planned, self.protocol.next_deadline()
@@ -279,6 +284,14 @@ class BrokerService:
         reason = f": {failure.reason}" if failure.reason else ""
         log.info("node %s reported %s%s", who, failure.status, reason)
 
+    async def _post_spawned(self, post: Post) -> None:
+        try:
+            await self._post(post)
+        finally:
+            self._posting -= 1
+            if not self._posting:
+                self._no_posts.set()
+
     async def _post(self, post: Post) -> None:
         """POST one action's body to the broker and tell the protocol how it went."""
         body = b'{"recipients":%b,"message":%b}' % (
@@ -309,6 +322,22 @@ class BrokerService:
         if is_message:
             self.protocol.post_done(post.post_id, _now())
             self._perform()
+
+    async def drain(self) -> None:
+        """Send the acknowledgements still queued and wait for the POSTs under way.
+
+        Used at shutdown: a message this node handed over to its analysis is acknowledged
+        even when the analysis ends right after taking it (else its sender would resend to a
+        node that is gone and report it missing). From now on nothing more is taken: later
+        messages get 503 and are not acknowledged, so their senders report this node missing.
+
+        Cancellation:
+            Stops waiting; POSTs still under way are cancelled with the task group.
+        """
+        self.protocol.closed = True  # what arrives from now on is refused, not acknowledged
+        self.protocol.flush_acks()
+        self._perform()
+        await self._no_posts.wait()
 
     async def _flush_acks(self) -> None:
         self.protocol.flush_acks()
@@ -411,7 +440,7 @@ class BrokerService:
             InvalidArgument: Bad receivers, category or data (before any I/O).
             UnknownNodeError: A receiver is this node or not a participant (before any I/O).
             TransportError: The broker refused the message, or could not be reached at all
-                before the deadline (nothing was sent).
+                before the deadline (no receiver got it).
 
         Cancellation:
             Stops resending; receivers that already acknowledged keep the message, the others
@@ -441,8 +470,8 @@ class BrokerService:
             self._perform()
             raise
         error_seen = self._errors.pop(message_id, None)
-        if outcome.never_posted and error_seen is not None:
-            raise error_seen
+        if outcome.never_posted and not outcome.report.acked and error_seen is not None:
+            raise error_seen  # nothing reached anyone: the broker's error is the answer
         return outcome.report
 
     # -- waiting -------------------------------------------------------------------------------

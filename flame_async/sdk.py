@@ -220,6 +220,7 @@ class FlameSDK:
         )
         await tg.start(broker.run)
         self._broker_ready.set_result(broker)
+        stack.push_async_callback(self._drain, broker)  # after telling the peers: acks out
         stack.push_async_callback(self._tell_peers, broker)
 
         results = ResultsService(gateway, broker, analysis_id=config.analysis_id)
@@ -267,6 +268,10 @@ class FlameSDK:
             await broker.broadcast_status(
                 status, reason, timeout=max(0.1, min(3.0, self._shutdown_timeout / 3))
             )
+
+    async def _drain(self, broker: BrokerService) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(min(3.0, self._time_left())):
+            await broker.drain()
 
     async def _ship_last_logs(self, gateway: GatewayClient) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._time_left()):

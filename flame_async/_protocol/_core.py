@@ -115,6 +115,8 @@ class NodeProtocol:
         self.mailbox = Mailbox(self.participants)
         self.handlers: set[str] = set()
         self.finished = False
+        self.closed = False
+        """Set when the node's analysis has ended: nothing more is taken (or acknowledged)."""
         self.heard_from: set[str] = set()
         self.legacy_senders: set[str] = set()
         """Senders whose messages carry no ``stream`` (flamesdk nodes)."""
@@ -362,6 +364,8 @@ class NodeProtocol:
         original message (acknowledged, and handed over when its turn comes) or an
         acknowledgement of one of this node's messages.
         """
+        if self.closed:
+            return Rejection(503, "closed", "the node's analysis has ended; nothing is taken")
         parsed = self._parse(body)
         if isinstance(parsed, Rejection):
             self.stats["rejected"] += 1
@@ -371,18 +375,8 @@ class NodeProtocol:
             self._on_ack(meta, now)
             return None
         sender = meta.sender
-        if sender == self.node_id:
-            return Rejection(
-                422,
-                "from itself",
-                f"meta.sender is this node ({sender}); a node cannot message itself",
-            )
-        if sender not in self.participants:
-            return Rejection(
-                422,
-                "unknown sender",
-                f"meta.sender {sender!r} is not a participant of this analysis",
-            )
+        if (refused := self._check_sender(sender)) is not None:
+            return refused
         self.heard_from.add(sender)
         stream = meta.stream
         if stream is not None:
@@ -399,6 +393,21 @@ class NodeProtocol:
             self._receive_unordered(meta, data, now)
         else:
             self._receive_ordered(meta, data, stream, seq, now)
+        return None
+
+    def _check_sender(self, sender: str) -> Rejection | None:
+        if sender == self.node_id:
+            return Rejection(
+                422,
+                "from itself",
+                f"meta.sender is this node ({sender}); a node cannot message itself",
+            )
+        if sender not in self.participants:
+            return Rejection(
+                422,
+                "unknown sender",
+                f"meta.sender {sender!r} is not a participant of this analysis",
+            )
         return None
 
     def _parse(self, body: bytes) -> tuple[WireMeta, dict[str, Any]] | Rejection:  # noqa: PLR0911 - one answer per check, in reading order
@@ -476,7 +485,9 @@ class NodeProtocol:
             if state is not None:  # the sender restarted: what it held back goes as it is
                 released.extend(state.release_all())
                 retired.add(state.epoch)
-            state = self._streams[sender] = SenderStream(stream.epoch, expected=min(floor, seq))
+            # from 1, not from the floor: arrive() records the numbers below the floor (settled
+            # before any reached this node) as skipped, so a late one is refused, not acked
+            state = self._streams[sender] = SenderStream(stream.epoch, expected=1)
         had_held = bool(state.held)
         decision, now_released = state.arrive(seq, floor, message, now.mono)
         released.extend(now_released)

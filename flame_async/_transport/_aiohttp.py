@@ -78,6 +78,32 @@ class _PartPayload(payload.Payload):
         await self.write(writer)
 
 
+class _BufferPayload(payload.Payload):
+    """A large bytes body written in slices of its own memory (aiohttp warns on raw bytes
+    above 1 MiB: writing them in one piece would hold the event loop)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body, content_type="application/octet-stream")
+        self._body = body
+        self._size = len(body)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """The body as text (aiohttp's interface)."""
+        return self._body.decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        """Write the body in slices of at most 1 MiB."""
+        view = memoryview(self._body)
+        for start in range(0, len(view), _CHUNK):
+            await writer.write(view[start : start + _CHUNK])
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        """Write the body (the length is its size by construction)."""
+        await self.write(writer)
+
+
 def _encode_form(form: Multipart) -> aiohttp.MultipartWriter:
     writer = aiohttp.MultipartWriter("form-data")
     for part in form.parts:
@@ -260,6 +286,8 @@ class AiohttpTransport:
         body: Any = request.body
         if isinstance(body, Multipart):
             body = _encode_form(body)
+        elif isinstance(body, bytes) and len(body) > _CHUNK:
+            body = _BufferPayload(body)
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
         try:
             raw = await session.request(

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
+
 from flame_async import FlameSDK, RetryPolicy
-from flame_async.local import LocalPlatform
+from flame_async._transport import Transport
+from flame_async.local import LocalNode, LocalPlatform
 
 FAST_RETRY = RetryPolicy(attempts=4, initial=0.01, maximum=0.05, deadline=5)
+
+
+@pytest.fixture(params=["http", "memory"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each end-to-end test runs on both transports: real HTTP and in memory."""
+    return str(request.param)
 
 
 @asynccontextmanager
@@ -19,9 +28,13 @@ async def running(
     start: int | None = None,
     sdk: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    wrap: Callable[[LocalNode, Transport], Transport] | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[LocalPlatform, list[FlameSDK]]]:
-    """A platform with ``nodes`` nodes and a FlameSDK entered on the first ``start`` of them."""
+    """A platform with ``nodes`` nodes and a FlameSDK entered on the first ``start`` of them.
+
+    ``wrap`` may wrap each node's transport (to inject faults).
+    """
     options.setdefault("webhook_retry_initial", 0.01)
     options.setdefault("po_interval", 3600.0)
     sdk_options = {"resend_initial": 0.2, **(sdk or {})}
@@ -30,8 +43,9 @@ async def running(
         flames = []
         for node in platform.nodes[:count]:
             node_config = node.config(**{"retry": FAST_RETRY, **(config or {})})
-            flame = FlameSDK(
-                node_config, transport=platform.transport_for(node, node_config), **sdk_options
-            )
+            node_transport = platform.transport_for(node, node_config)
+            if wrap is not None:
+                node_transport = wrap(node, node_transport)
+            flame = FlameSDK(node_config, transport=node_transport, **sdk_options)
             flames.append(await stack.enter_async_context(flame))
         yield platform, flames

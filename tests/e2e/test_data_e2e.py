@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import aiohttp
+import orjson
 import pytest
 
 from flame_async import (
@@ -17,6 +17,7 @@ from flame_async import (
     UnknownDataSource,
     fhir_to_dataframe,
 )
+from flame_async._transport import Request
 
 from .conftest import running
 
@@ -54,9 +55,9 @@ def write_data(root: Path) -> None:
     (s3 / "readme.txt").write_text("hello")
 
 
-async def test_sources_fhir_paging_and_s3(tmp_path: Path) -> None:
+async def test_sources_fhir_paging_and_s3(tmp_path: Path, transport: str) -> None:
     write_data(tmp_path)
-    async with running(3, data_dir=tmp_path) as (_, (agg, b, c)):
+    async with running(3, data_dir=tmp_path, transport=transport) as (_, (agg, b, c)):
         assert agg.get_data_sources() == []  # the aggregator does not load data by default
         assert c.get_data_sources() == []  # a node without a data folder has no sources
         kinds = {s.kind for s in b.get_data_sources()}
@@ -100,9 +101,11 @@ async def test_sources_fhir_paging_and_s3(tmp_path: Path) -> None:
         assert (await b.get_s3_data(["readme.txt"])) == {"readme.txt": b"hello"}
 
 
-async def test_data_errors_name_the_source_and_what_was_asked(tmp_path: Path) -> None:
+async def test_data_errors_name_the_source_and_what_was_asked(
+    tmp_path: Path, transport: str
+) -> None:
     write_data(tmp_path)
-    async with running(3, data_dir=tmp_path) as (_, (_agg, b, c)):
+    async with running(3, data_dir=tmp_path, transport=transport) as (_, (_agg, b, c)):
         with pytest.raises(UnknownDataSource, match="available: node-2-fhir, node-2-s3"):
             b.get_data_client("nope")
         with pytest.raises(UnknownDataSource, match="no fhir data source"):
@@ -118,14 +121,18 @@ async def test_data_errors_name_the_source_and_what_was_asked(tmp_path: Path) ->
             await s3.get("no/such/key")  # type: ignore[union-attr]
 
 
-async def test_service_errors_map_to_specific_errors() -> None:
-    async with running(2) as (_, (a, b)), aiohttp.ClientSession() as http:
-        # the PO hands the node an expired token through the node API
+async def test_service_errors_map_to_specific_errors(transport: str) -> None:
+    async with running(2, transport=transport) as (platform, (a, b)):
+        # the PO hands the node an expired token through the node API (on either transport)
         expired = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln"
-        async with http.post(
-            f"http://127.0.0.1:{a.api_port}/token_refresh", json={"token": expired}
-        ) as r:
-            assert r.status == 200
+        refresh = Request(
+            "POST",
+            "/token_refresh",
+            headers={"content-type": "application/json"},
+            body=orjson.dumps({"token": expired}),
+        )
+        async with platform.call_api(a.node_id, refresh) as answer:
+            assert answer.status == 200
         with pytest.raises(AuthenticationError, match="broker answered 401"):
             await a.send_message(b.node_id, {}, category="x", timeout=2)
         with pytest.raises(AuthenticationError, match=r"storage answered 403.*JWT is malformed"):

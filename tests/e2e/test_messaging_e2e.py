@@ -22,9 +22,9 @@ from .conftest import running
 pytestmark = pytest.mark.slow
 
 
-async def test_five_nodes_all_to_all_exactly_once_in_per_sender_order() -> None:
+async def test_five_nodes_all_to_all_exactly_once_in_per_sender_order(transport: str) -> None:
     per_peer = 200
-    async with running(5) as (_, flames):
+    async with running(5, transport=transport) as (_, flames):
         ids = [f.node_id for f in flames]
         received: dict[str, dict[str, list[int]]] = {i: {j: [] for j in ids if j != i} for i in ids}
 
@@ -59,8 +59,11 @@ async def test_five_nodes_all_to_all_exactly_once_in_per_sender_order() -> None:
             assert flame.get_list_of_messages() == []  # nothing handed over twice or left over
 
 
-async def test_participants_roles_and_identity() -> None:
-    async with running(["agg", "b", "c"], aggregator="agg") as (platform, flames):
+async def test_participants_roles_and_identity(transport: str) -> None:
+    async with running(["agg", "b", "c"], aggregator="agg", transport=transport) as (
+        platform,
+        flames,
+    ):
         agg, b, _ = flames
         assert agg.role is NodeRole.AGGREGATOR and agg.is_aggregator
         assert b.role is NodeRole.DEFAULT
@@ -70,8 +73,8 @@ async def test_participants_roles_and_identity() -> None:
         assert b.analysis_id == platform.analysis_id
 
 
-async def test_timed_out_wait_loses_nothing() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_timed_out_wait_loses_nothing(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         with pytest.raises(MessageTimeout) as info:
             await b.await_message(a.node_id, category="late", timeout=0.05)
         assert info.value.waiting_for == (a.node_id,)
@@ -80,8 +83,8 @@ async def test_timed_out_wait_loses_nothing() -> None:
         assert message.data == {"v": 1}
 
 
-async def test_cancelled_wait_loses_nothing() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_cancelled_wait_loses_nothing(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.await_message, a.node_id)
             await anyio.sleep(0.05)
@@ -90,8 +93,8 @@ async def test_cancelled_wait_loses_nothing() -> None:
         assert (await b.await_message(a.node_id, timeout=5)).data == {"v": 2}
 
 
-async def test_wait_cancelled_just_as_the_message_arrives_keeps_it() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_wait_cancelled_just_as_the_message_arrives_keeps_it(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         for attempt in range(20):
             with anyio.move_on_after(0.001 * attempt):
                 await a.send_message(b.node_id, {"n": attempt}, category="race")
@@ -103,23 +106,23 @@ async def test_wait_cancelled_just_as_the_message_arrives_keeps_it() -> None:
         assert got == taken
 
 
-async def test_multi_wait_returns_partial_results() -> None:
-    async with running(3) as (_, (a, b, c)):
+async def test_multi_wait_returns_partial_results(transport: str) -> None:
+    async with running(3, transport=transport) as (_, (a, b, c)):
         await b.send_message(a.node_id, {"v": "b"}, category="round")
         answers = await a.await_messages([b.node_id, c.node_id], category="round", timeout=0.2)
         assert answers[b.node_id] is not None and answers[c.node_id] is None
 
 
-async def test_cancelled_multi_wait_puts_taken_messages_back() -> None:
-    async with running(3) as (_, (a, b, c)):
+async def test_cancelled_multi_wait_puts_taken_messages_back(transport: str) -> None:
+    async with running(3, transport=transport) as (_, (a, b, c)):
         await b.send_message(a.node_id, {"v": "b"}, category="round")
         with anyio.move_on_after(0.1):
             await a.await_messages([b.node_id, c.node_id], category="round", timeout=5)
         assert [m.sender for m in a.get_list_of_messages(category="round")] == [b.node_id]
 
 
-async def test_send_rejects_bad_receivers_and_data_before_io() -> None:
-    async with running(2) as (platform, (a, _)):
+async def test_send_rejects_bad_receivers_and_data_before_io(transport: str) -> None:
+    async with running(2, transport=transport) as (platform, (a, _)):
         before = len(platform.deliveries)
         with pytest.raises(UnknownNodeError):
             await a.send_message(a.node_id, {}, category="x")
@@ -134,14 +137,14 @@ async def test_send_rejects_bad_receivers_and_data_before_io() -> None:
         assert len(platform.deliveries) == before
 
 
-async def test_unreachable_receiver_is_reported_missing() -> None:
-    async with running(3, start=2) as (platform, (a, _)):
+async def test_unreachable_receiver_is_reported_missing(transport: str) -> None:
+    async with running(3, start=2, transport=transport) as (platform, (a, _)):
         report = await a.send_message(platform.nodes[2].node_id, {}, category="x", timeout=0.5)
         assert report.missing == (platform.nodes[2].node_id,) and not report.ok
 
 
-async def test_request_response_with_handlers() -> None:
-    async with running(3) as (_, (agg, b, c)):
+async def test_request_response_with_handlers(transport: str) -> None:
+    async with running(3, transport=transport) as (_, (agg, b, c)):
         for node in (b, c):
 
             @node.handler("square")
@@ -158,8 +161,8 @@ async def test_request_response_with_handlers() -> None:
         }
 
 
-async def test_failing_handler_sends_the_error_back() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_failing_handler_sends_the_error_back(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
 
         @b.handler("boom")
         async def boom(request: Message) -> dict[str, object]:
@@ -169,16 +172,16 @@ async def test_failing_handler_sends_the_error_back() -> None:
             await a.send_message_and_wait_for_response(b.node_id, {}, category="boom", timeout=5)
 
 
-async def test_messages_iterator_ends_when_idle() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_messages_iterator_ends_when_idle(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         for i in range(3):
             await a.send_message(b.node_id, {"i": i}, category="it")
         seen = [m.data["i"] async for m in b.messages(category="it", idle_timeout=0.2)]
         assert seen == [0, 1, 2]
 
 
-async def test_status_ping_online_and_not_connected() -> None:
-    async with running(3, start=2) as (platform, (a, b)):
+async def test_status_ping_online_and_not_connected(transport: str) -> None:
+    async with running(3, start=2, transport=transport) as (platform, (a, b)):
         statuses = await a.ask_status_nodes(timeout=0.5)
         assert statuses == {
             b.node_id: NodeStatus.ONLINE,
@@ -190,13 +193,13 @@ async def test_status_ping_online_and_not_connected() -> None:
         }
 
 
-async def test_peer_that_raises_ends_waits_on_it_early() -> None:
-    async with running(2, start=1) as (platform, (a,)):
-        b_config = platform.nodes[1].config()
+async def test_peer_that_raises_ends_waits_on_it_early(transport: str) -> None:
+    async with running(2, start=1, transport=transport) as (platform, (a,)):
+        b_node = platform.nodes[1]
 
         async def node_b() -> None:
             with pytest.raises(RuntimeError):
-                async with FlameSDK(b_config) as b:
+                async with FlameSDK(b_node.config(), transport=platform.transport_for(b_node)) as b:
                     await b.send_message(a.node_id, {"hello": 1}, category="greet")
                     raise RuntimeError("node b crashed")
 
@@ -209,8 +212,8 @@ async def test_peer_that_raises_ends_waits_on_it_early() -> None:
         assert platform.status(greeting.sender) == "failed"
 
 
-async def test_analysis_finished_reaches_peers() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_analysis_finished_reaches_peers(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         assert await a.analysis_finished(timeout=5)
         await b.wait_until_finished(timeout=5)
         with pytest.raises(PeerFailed):

@@ -36,10 +36,10 @@ class _Touch:
 
 
 async def test_three_nodes_exchange_arrays_and_frames_and_submit_a_final_result(
-    tmp_path: Path,
+    tmp_path: Path, transport: str
 ) -> None:
     out = tmp_path / "out"
-    async with running(3, out_dir=out) as (platform, (agg, b, c)):
+    async with running(3, out_dir=out, transport=transport) as (platform, (agg, b, c)):
         frame = pd.DataFrame(
             {
                 "site": pd.Categorical(["x", "y", "x"]),
@@ -71,8 +71,8 @@ async def test_three_nodes_exchange_arrays_and_frames_and_submit_a_final_result(
     assert info.result_size == final.stat().st_size
 
 
-async def test_an_intermediate_result_can_be_read_once() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_an_intermediate_result_can_be_read_once(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         infos = await a.save_intermediate_result(np.ones(4), receivers=[b.node_id])
         result_id = infos[b.node_id].result_id
         assert "remote_node_id=" in result_id  # the id flamesdk passes on
@@ -81,13 +81,19 @@ async def test_an_intermediate_result_can_be_read_once() -> None:
             await b.get_intermediate_result(result_id)
 
 
-async def test_local_results_tagged_in_one_run_are_found_in_the_next(tmp_path: Path) -> None:
+async def test_local_results_tagged_in_one_run_are_found_in_the_next(
+    tmp_path: Path, transport: str
+) -> None:
     project = "proj-persist"
-    async with running(2, project_id=project, state_dir=tmp_path / "state") as (_, (a, _b)):
+    async with running(
+        2, project_id=project, state_dir=tmp_path / "state", transport=transport
+    ) as (_, (a, _b)):
         await a.save_intermediate_result_local(np.arange(3), tag="round-1")
         await a.save_intermediate_result_local({"k": "v"}, tag="round-1", filename="meta.json")
         await a.save_intermediate_result_local("untagged")
-    async with running(2, project_id=project, state_dir=tmp_path / "state") as (_, (a, _b)):
+    async with running(
+        2, project_id=project, state_dir=tmp_path / "state", transport=transport
+    ) as (_, (a, _b)):
         assert await a.get_local_tags() == ["round-1"]
         listed = await a.list_intermediate_local_results()
         assert [i.other["tag"] for i in listed] == ["round-1", "round-1"]
@@ -100,10 +106,10 @@ async def test_local_results_tagged_in_one_run_are_found_in_the_next(tmp_path: P
 
 
 async def test_pickled_payload_without_opt_in_is_refused_and_never_unpickled(
-    tmp_path: Path,
+    tmp_path: Path, transport: str
 ) -> None:
     canary = tmp_path / "pwned"
-    async with running(2) as (_, (a, b)):
+    async with running(2, transport=transport) as (_, (a, b)):
         infos = await a.save_intermediate_result(
             _Touch(canary), receivers=[b.node_id], allow_pickle=True
         )
@@ -117,14 +123,14 @@ async def test_pickled_payload_without_opt_in_is_refused_and_never_unpickled(
         assert stored == raw and not canary.exists()
 
 
-async def test_pickle_is_never_used_without_opt_in_on_upload() -> None:
-    async with running(2) as (_, (a, b)):
+async def test_pickle_is_never_used_without_opt_in_on_upload(transport: str) -> None:
+    async with running(2, transport=transport) as (_, (a, b)):
         with pytest.raises(PickleNotAllowed, match="allow_pickle"):
             await a.save_intermediate_result({1, 2}, receivers=[b.node_id])
 
 
-async def test_errors_are_specific_and_raised_before_io(tmp_path: Path) -> None:
-    async with running(2) as (_, (agg, b)):
+async def test_errors_are_specific_and_raised_before_io(tmp_path: Path, transport: str) -> None:
+    async with running(2, transport=transport) as (_, (agg, b)):
         with pytest.raises(NotAggregatorError, match="only the aggregator"):
             await b.send_result({"x": 1})
         with pytest.raises(InvalidArgument, match="invalid tag"):
@@ -139,8 +145,8 @@ async def test_errors_are_specific_and_raised_before_io(tmp_path: Path) -> None:
             )
 
 
-async def test_local_dp_final_result_is_noisy_but_near(tmp_path: Path) -> None:
-    async with running(2, out_dir=tmp_path) as (platform, (agg, _)):
+async def test_local_dp_final_result_is_noisy_but_near(tmp_path: Path, transport: str) -> None:
+    async with running(2, out_dir=tmp_path, transport=transport) as (platform, (agg, _)):
         await agg.send_result(
             100.0, filename="count.txt", local_dp={"epsilon": 10, "sensitivity": 1}
         )
