@@ -1,7 +1,8 @@
 """Messaging benchmark: raw aiohttp baseline vs. flame-async on the local platform.
 
 Everything runs in one process and one event loop, baseline included, so the figures are
-comparable as ratios. Usage::
+comparable as ratios. flame-async is measured on both transports: real HTTP (the top-level
+figures and targets) and in memory (under ``memory``; same services, no sockets). Usage::
 
     python benchmarks/messaging.py --json benchmarks/results/messaging.json
 """
@@ -75,10 +76,16 @@ async def baseline(rounds: int, total: int, inflight: int) -> dict[str, float]:
 
 
 async def through_platform(
-    rounds: int, star_rounds: int, total: int, inflight: int
+    rounds: int, star_rounds: int, total: int, inflight: int, transport: str = "http"
 ) -> dict[str, float]:
-    async with LocalPlatform(11, po_interval=5.0) as plat, AsyncExitStack() as stack:
-        nodes = [await stack.enter_async_context(FlameSDK(n.config())) for n in plat.nodes]
+    async with (
+        LocalPlatform(11, po_interval=5.0, transport=transport) as plat,  # type: ignore[arg-type]
+        AsyncExitStack() as stack,
+    ):
+        nodes = [
+            await stack.enter_async_context(FlameSDK(n.config(), transport=plat.transport_for(n)))
+            for n in plat.nodes
+        ]
         agg, a, b = nodes[0], nodes[1], nodes[2]
         analyzers = nodes[1:]
         for node in analyzers:
@@ -153,6 +160,9 @@ async def through_platform(
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base = await baseline(args.rounds, args.total, args.inflight)
     flame = await through_platform(args.rounds, args.star_rounds, args.total, args.inflight)
+    memory = await through_platform(
+        args.rounds, args.star_rounds, args.total, args.inflight, transport="memory"
+    )
     rtt = base["rtt_p50_us"]
     ratios = {
         "one_way_over_rtt": flame["one_way_p50_us"] / rtt,
@@ -166,9 +176,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "star10_ms_over_rtt_ms": ratios["star10_ms_over_rtt_ms"] <= 100,
         "throughput_over_baseline": ratios["throughput_over_baseline"] >= 0.2,
     }
+    memory_ratios = {
+        "one_way_over_rtt": memory["one_way_p50_us"] / rtt,
+        "acked_send_over_rtt": memory["acked_send_p50_us"] / rtt,
+        "star10_ms_over_rtt_ms": memory["star10_round_p50_ms"] / (rtt / 1000),
+        "throughput_over_baseline": memory["throughput_msgs_per_s"] / base["baseline_rps"],
+    }
     return {
         **base,
         **flame,
+        "memory": {**memory, "ratios": memory_ratios},
         "ratios": ratios,
         "targets_met": targets,
         "python": sys.version.split()[0],

@@ -54,8 +54,10 @@ from .models import (
 )
 from .sdk import FlameSDK
 from .status import Progress
+from .transport import AiohttpTransport, Transport
 
 __all__ = [
+    "AiohttpTransport",
     "AuthenticationError",
     "Category",
     "CodecError",
@@ -93,6 +95,7 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "StartupError",
+    "Transport",
     "TransportError",
     "UnknownDataSource",
     "UnknownNodeError",

@@ -40,6 +40,7 @@ from ._protocol import (
     RunHandler,
     Settled,
     Wake,
+    new_epoch,
 )
 from ._transport import GatewayClient
 from ._wire import Subscription, SubscriptionRequest, WireParticipant, WireParticipants
@@ -177,6 +178,9 @@ class BrokerService:
         self.node_id = discovery.node_id
         self.role = discovery.role
         self._participants = dict(discovery.participants)
+        settings = settings or ProtocolSettings()
+        if settings.epoch is None:  # epochs order the node's process starts by the wall clock
+            settings = dataclasses.replace(settings, epoch=new_epoch(time.time_ns()))
         self.protocol = NodeProtocol(self.node_id, self._participants, settings)
         self._waits: dict[int, asyncio.Event] = {}
         self._sends: dict[str, asyncio.Future[Settled]] = {}
@@ -541,15 +545,15 @@ class BrokerService:
     def _take_each(
         self,
         remaining: set[str],
-        result: dict[str, Message | None],
+        result: dict[str, tuple[int, Message] | None],
         category: str | None,
         per_sender: Mapping[str, Callable[[Message], bool]] | None,
     ) -> None:
         for name in sorted(remaining):
             extra = per_sender.get(name) if per_sender else None
-            message = self.protocol.take([name], self._matcher(category, extra))
-            if message is not None:
-                result[name] = message
+            taken = self.protocol.take_ranked([name], self._matcher(category, extra))
+            if taken is not None:
+                result[name] = taken
                 remaining.discard(name)
 
     async def await_messages(
@@ -574,7 +578,7 @@ class BrokerService:
             Messages taken so far are put back in their queues; nothing is lost.
         """
         names = sorted(self._senders(senders) or self._participants)
-        result: dict[str, Message | None] = dict.fromkeys(names)
+        result: dict[str, tuple[int, Message] | None] = dict.fromkeys(names)
         remaining = set(names)
         handed_over = False
         try:
@@ -592,10 +596,10 @@ class BrokerService:
             handed_over = True
         finally:
             if not handed_over:
-                for message in result.values():
-                    if message is not None:
-                        self.protocol.requeue(message)
-        return result
+                for taken in result.values():
+                    if taken is not None:
+                        self.protocol.requeue(taken[1], taken[0])
+        return {name: None if taken is None else taken[1] for name, taken in result.items()}
 
     async def messages(
         self,

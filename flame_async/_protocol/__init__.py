@@ -21,7 +21,7 @@ from ._actions import (
     Settled,
     Wake,
 )
-from ._core import NodeProtocol, ProtocolSettings
+from ._core import NodeProtocol, ProtocolSettings, new_epoch
 from ._mailbox import Mailbox, Waiter
 from ._ordering import Arrival, SenderStream
 from ._wiretime import format_wire_time, parse_wire_time
@@ -46,5 +46,6 @@ __all__ = [
     "Waiter",
     "Wake",
     "format_wire_time",
+    "new_epoch",
     "parse_wire_time",
 ]

@@ -53,7 +53,7 @@ from ._ordering import Arrival, SenderStream
 from ._outbox import Outbox, Outgoing
 from ._wiretime import format_wire_time, parse_wire_time
 
-__all__ = ["NodeProtocol", "ProtocolSettings"]
+__all__ = ["NodeProtocol", "ProtocolSettings", "new_epoch"]
 
 _RESERVED: Final = frozenset(c.value for c in Category)
 _SEND: Final = "send"
@@ -62,6 +62,15 @@ _LATE: Final = (
     "it arrived after later messages from this sender had been handed over (its gap was closed"
     " after {gap:g} s), so taking it would break the sender's order"
 )
+
+
+def new_epoch(unix_ns: int) -> str:
+    """An epoch for a process that starts at ``unix_ns`` (nanoseconds since 1970).
+
+    Epochs compare as strings in the order the processes started (fixed-width hex of the start
+    time, then a random suffix for two starts in the same nanosecond).
+    """
+    return f"{unix_ns:016x}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +85,9 @@ class ProtocolSettings:
             doubles up to the resend pause.
         gap_timeout: Longest time a received message is held back waiting for an earlier one
             of the same sender that never arrives.
-        epoch: Unique to this process start (a random one when None).
+        epoch: Unique to this process start, and greater than the epoch of any earlier start
+            of the same node (:func:`new_epoch` makes one from the wall clock; the core reads no
+            clock, so the shell passes it). A random one when None (tests).
     """
 
     resend_initial: float = 1.0
@@ -126,7 +137,6 @@ class NodeProtocol:
         """Receivers known to keep per-sender order (their acks say so)."""
         self.stats: Counter[str] = Counter()
         self._streams: dict[str, SenderStream[Message]] = {}
-        self._retired: dict[str, set[str]] = {}
         self._seen: dict[str, set[str]] = {}
         self._acks: dict[str, list[dict[str, Any]]] = {}
         self._single_acks: list[tuple[str, dict[str, Any]]] = []
@@ -364,11 +374,18 @@ class NodeProtocol:
         original message (acknowledged, and handed over when its turn comes) or an
         acknowledgement of one of this node's messages.
         """
+        rejection: Rejection | None
         if self.closed:
-            return Rejection(503, "closed", "the node's analysis has ended; nothing is taken")
+            rejection = Rejection(503, "closed", "the node's analysis has ended; nothing is taken")
+        else:
+            rejection = self._take_body(body, now)
+        if rejection is not None:
+            self.stats["rejected"] += 1
+        return rejection
+
+    def _take_body(self, body: bytes, now: Instant) -> Rejection | None:
         parsed = self._parse(body)
         if isinstance(parsed, Rejection):
-            self.stats["rejected"] += 1
             return parsed
         meta, data = parsed
         if meta.akn_id is not None:
@@ -437,6 +454,11 @@ class NodeProtocol:
                 f"meta.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )
             return Rejection(422, "invalid meta", f"invalid message meta: {problems}")
+        stream = parsed.stream
+        if stream is not None and any(
+            n < 1 for n in (*stream.seq.values(), *stream.floor.values())
+        ):
+            return Rejection(422, "invalid meta", "invalid message meta: stream numbers start at 1")
         return parsed, value
 
     def _message(self, meta: WireMeta, data: dict[str, Any], now: Instant) -> Message:
@@ -478,13 +500,12 @@ class NodeProtocol:
         state = self._streams.get(sender)
         released: list[Message] = []
         if state is None or state.epoch != stream.epoch:
-            retired = self._retired.setdefault(sender, set())
-            if stream.epoch in retired:
+            if state is not None and stream.epoch < state.epoch:  # a late one from a dead run
+                self.stats["refused"] += 1
                 self._queue_refusal(meta, now, "it comes from an earlier run of its sender")
                 return
             if state is not None:  # the sender restarted: what it held back goes as it is
                 released.extend(state.release_all())
-                retired.add(state.epoch)
             # from 1, not from the floor: arrive() records the numbers below the floor (settled
             # before any reached this node) as skipped, so a late one is refused, not acked
             state = self._streams[sender] = SenderStream(stream.epoch, expected=1)
@@ -649,12 +670,20 @@ class NodeProtocol:
         senders: Collection[str] | None,
         predicate: Callable[[Message], bool] | None = None,
     ) -> Message | None:
-        """Hand the oldest matching queued message to a caller (see :class:`Mailbox`)."""
+        """Hand the first matching queued message to a caller (see :class:`Mailbox`)."""
         return self.mailbox.take(senders, predicate)
 
-    def requeue(self, message: Message) -> None:
-        """Put a taken message back (its wait was abandoned)."""
-        self.mailbox.requeue(message)
+    def take_ranked(
+        self,
+        senders: Collection[str] | None,
+        predicate: Callable[[Message], bool] | None = None,
+    ) -> tuple[int, Message] | None:
+        """Like :meth:`take`, with the rank :meth:`requeue` needs to put it back."""
+        return self.mailbox.take_ranked(senders, predicate)
+
+    def requeue(self, message: Message, rank: int) -> None:
+        """Put a message taken with :meth:`take_ranked` back (its wait was abandoned)."""
+        self.mailbox.requeue(message, rank)
 
     def reply_match(self, request_id: str) -> Callable[[Message], bool]:
         """What counts as a reply to ``request_id``: a reply naming it, or (from a flamesdk

@@ -47,7 +47,11 @@ class Mailbox:
 
     def __init__(self, participants: Iterable[str]) -> None:
         self.participants = frozenset(participants)
-        self._queues: dict[str, deque[Message]] = {}
+        self._queues: dict[str, deque[tuple[int, Message]]] = {}
+        """Per sender, in hand-over order: ``(rank, message)``, ranks rising. The rank (not the
+        arrival time) is the order: a held message is handed over after the earlier-numbered
+        one that arrived later."""
+        self._ranks = 0
         self._waiters: dict[int, Waiter] = {}
         self._next_waiter = 0
         self.closed: dict[str, PeerFailed] = {}
@@ -57,58 +61,69 @@ class Mailbox:
 
     def enqueue(self, message: Message) -> tuple[int, ...]:
         """Queue ``message`` after its sender's others; returns the waiters to wake."""
-        self._queues.setdefault(message.sender, deque()).append(message)
+        self._ranks += 1
+        self._queues.setdefault(message.sender, deque()).append((self._ranks, message))
         return self.waiters_for(message.sender, message.category)
 
-    def requeue(self, message: Message) -> None:
-        """Put a taken message back where it was (a wait was abandoned after taking it)."""
+    def requeue(self, message: Message, rank: int) -> None:
+        """Put a message taken with :meth:`take_ranked` back where it was (its wait was
+        abandoned after taking it)."""
         queue = self._queues.setdefault(message.sender, deque())
-        index = 0
-        for index, queued in enumerate(queue):  # noqa: B007 - the position is the result
-            if queued.arrived_at > message.arrived_at:
-                break
-        else:
-            index = len(queue)
-        queue.insert(index, message)
+        index = next((i for i, (queued, _) in enumerate(queue) if queued > rank), len(queue))
+        queue.insert(index, (rank, message))
 
     def take(
         self,
         senders: Collection[str] | None,
         predicate: Callable[[Message], bool] | None = None,
     ) -> Message | None:
-        """Remove and return the oldest queued message of ``senders`` (any sender if None).
+        """Remove and return the first queued message of ``senders`` (any sender if None).
 
         Among several senders the one whose first matching message arrived first wins; within
-        one sender the first message matching ``predicate`` in FIFO order is taken.
+        one sender the first message matching ``predicate`` in hand-over order is taken.
         """
+        taken = self.take_ranked(senders, predicate)
+        return None if taken is None else taken[1]
+
+    def take_ranked(
+        self,
+        senders: Collection[str] | None,
+        predicate: Callable[[Message], bool] | None = None,
+    ) -> tuple[int, Message] | None:
+        """Like :meth:`take`, with the message's rank, for :meth:`requeue`."""
         best: tuple[Message, str, int] | None = None
         names = self._queues.keys() if senders is None else senders
         for sender in names:
             queue = self._queues.get(sender)
             if not queue:
                 continue
-            for index, message in enumerate(queue):
+            for index, (_, message) in enumerate(queue):
                 if predicate is None or predicate(message):
                     if best is None or message.arrived_at < best[0].arrived_at:
                         best = (message, sender, index)
                     break
         if best is None:
             return None
-        message, sender, index = best
-        del self._queues[sender][index]
-        return message
+        _, sender, index = best
+        queue = self._queues[sender]
+        entry = queue[index]
+        del queue[index]
+        return entry
 
     def peek(
         self,
         senders: Collection[str] | None = None,
         predicate: Callable[[Message], bool] | None = None,
     ) -> list[Message]:
-        """Queued messages, oldest first, without removing them."""
+        """Queued messages in hand-over order, without removing them."""
         names = self._queues.keys() if senders is None else senders
         found = [
-            m for s in names for m in self._queues.get(s, ()) if predicate is None or predicate(m)
+            (rank, m)
+            for s in names
+            for rank, m in self._queues.get(s, ())
+            if predicate is None or predicate(m)
         ]
-        return sorted(found, key=lambda m: m.arrived_at)
+        return [m for _, m in sorted(found, key=lambda entry: entry[0])]
 
     def queued_count(self) -> int:
         """How many messages wait in all queues."""
