@@ -20,7 +20,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package."""
+    """mypy --strict over the package and the tests (the files are set in pyproject.toml)."""
     session.install("-e", ".[dev]")
     session.run("mypy")
 

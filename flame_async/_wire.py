@@ -9,8 +9,10 @@ that a message can be acknowledged verbatim).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictStr
 
 __all__ = [
@@ -71,6 +73,11 @@ class SendRequest(_Wire):
 
     recipients: list[StrictStr] = Field(min_length=1)
     message: Any
+
+    @staticmethod
+    def encode(recipients: Sequence[str], message: Any) -> bytes:
+        """The body for trusted values, serialised straight away (the message hot path)."""
+        return b'{"recipients":%b,"message":%b}' % (orjson.dumps(recipients), orjson.dumps(message))
 
 
 class BroadcastRequest(_Wire):

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._protocol import (
@@ -43,7 +42,7 @@ from ._protocol import (
     new_epoch,
 )
 from ._transport import GatewayClient
-from ._wire import Subscription, SubscriptionRequest, WireParticipant, WireParticipants
+from ._wire import SendRequest, Subscription, SubscriptionRequest, WireParticipant, WireParticipants
 from .errors import (
     FlameError,
     InvalidArgument,
@@ -239,13 +238,16 @@ class BrokerService:
             protocol.tick(_now())
             self._perform()
 
-    def _perform(self, *, inline: str | None = None) -> Post | None:
-        """Perform the protocol's actions; returns the first POST of message ``inline``
-        unstarted, for the caller to await itself."""
+    def _perform(self, *, inline: str | None = None, inline_ack: bool = False) -> Post | None:
+        """Perform the protocol's actions; returns one POST unstarted for the caller to await
+        itself (saving a task): the first of message ``inline``, or the first ack."""
         keep: Post | None = None
         for action in self.protocol.take_actions():
             if isinstance(action, Post):
-                if keep is None and inline is not None and action.message_id == inline:
+                if keep is None and (
+                    (inline is not None and action.message_id == inline)
+                    or (inline_ack and action.kind is PostKind.ACK)
+                ):
                     keep = action
                 else:
                     self._posting += 1  # counted from now: drain() must see it
@@ -298,10 +300,7 @@ class BrokerService:
 
     async def _post(self, post: Post) -> None:
         """POST one action's body to the broker and tell the protocol how it went."""
-        body = b'{"recipients":%b,"message":%b}' % (
-            orjson.dumps(post.recipients),
-            orjson.dumps(post.body),
-        )
+        body = SendRequest.encode(post.recipients, post.body)
         is_message = post.kind is PostKind.MESSAGE
         try:
             await self._gateway.request(
@@ -345,7 +344,10 @@ class BrokerService:
 
     async def _flush_acks(self) -> None:
         self.protocol.flush_acks()
-        self._perform()
+        if (first := self._perform(inline_ack=True)) is not None:
+            self._posting += 1
+            self._no_posts.clear()
+            await self._post_spawned(first)  # this task already is the ack's own task
 
     # -- webhook -------------------------------------------------------------------------------
 

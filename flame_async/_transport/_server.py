@@ -28,6 +28,8 @@ __all__ = ["aiohttp_app", "serve_handler", "to_request", "write_response"]
 log = logging.getLogger("flame_async.transport")
 
 _CHUNK: Final = 1 << 20
+_EAGER_BODY: Final = 256 * 1024
+"""Bodies of known size up to this are read before the handler runs (one read, no stream)."""
 _SHUTDOWN_TIMEOUT: Final = 1.0
 
 
@@ -87,12 +89,18 @@ async def _stream(request: web.Request) -> AsyncIterator[Buffer]:
         yield chunk
 
 
-def to_request(request: web.Request) -> Request:
-    """The project's view of an inbound aiohttp request (the body is read lazily)."""
+async def to_request(request: web.Request) -> Request:
+    """The project's view of an inbound aiohttp request.
+
+    A small body of known size (a message, a JSON call) is read at once; anything else stays
+    a stream (or, for ``multipart/form-data``, a :class:`Form`) that the handler reads.
+    """
     body: Body = None
     if request.body_exists:
         if request.content_type.startswith("multipart/"):
             body = _AiohttpForm(request)
+        elif (size := request.content_length) is not None and size <= _EAGER_BODY:
+            body = await request.read()
         else:
             body = _stream(request)
     return Request(
@@ -158,7 +166,7 @@ def aiohttp_app(handler: Handler) -> web.Application:
     """An aiohttp application that hands every request to ``handler``."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        response = await handler(to_request(request))
+        response = await handler(await to_request(request))
         if isinstance(response.body, FileBody):
             return await write_response(response, request)  # it closes the answer itself
         try:

@@ -108,6 +108,8 @@ class PlatformCore:
         self.gateways: dict[str, Handler] = {}
         """Each node's gateway (filled by the platform once the services exist)."""
         self._api_ports: dict[str, int] = {}
+        self._targets: dict[tuple[int, str], URL] = {}
+        self._url_host = f"[{host}]" if ":" in host else host
         self._api_handlers: dict[str, Handler] = {}
         self._by_gateway: dict[tuple[str, int], LocalNode] = {}
         self._by_nginx_host: dict[str, LocalNode] = {}
@@ -145,6 +147,20 @@ class PlatformCore:
         self._api_ports.pop(node_id, None)
         self._api_handlers.pop(node_id, None)
 
+    def _api_target(self, node_id: str, request: Request) -> URL:
+        port = self._api_ports.get(node_id)
+        if port is None:
+            raise NodeUnreachable(f"the API of {node_id} is not listening (yet)")
+        key = (port, request.path)
+        target = self._targets.get(key)
+        if target is None:
+            target = URL(f"http://{self._url_host}:{port}{request.path}", encoded=True)
+            if len(self._targets) < 4096:  # the few node API paths, per port
+                self._targets[key] = target
+        if request.query_string:
+            return URL(f"{target}?{request.query_string}", encoded=True)
+        return target
+
     def api_port(self, node_id: str) -> int | None:
         """The port ``node_id``'s API listens on, if it is reached over HTTP and known."""
         return self._api_ports.get(node_id)
@@ -177,13 +193,7 @@ class PlatformCore:
             finally:
                 await response.aclose()
             return
-        url = self.api_url(node_id)
-        if url is None:
-            raise NodeUnreachable(f"the API of {node_id} is not listening (yet)")
-        target = URL(
-            url + request.path + (f"?{request.query_string}" if request.query_string else ""),
-            encoded=True,
-        )
+        target = self._api_target(node_id, request)
         body: Any = request.body
         try:
             raw = await self.session.request(

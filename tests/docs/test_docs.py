@@ -221,7 +221,9 @@ def test_python_block_uses_only_the_real_api(block: Block) -> None:
         flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
     )
     for node in ast.walk(tree):
-        module_name = node.module if isinstance(node, ast.ImportFrom) else None
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module_name = node.module
         if module_name and module_name.split(".")[0] == "flame_async":
             module = importlib.import_module(module_name)
             absent = [a.name for a in node.names if not hasattr(module, a.name)]

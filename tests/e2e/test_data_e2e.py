@@ -114,11 +114,11 @@ async def test_data_errors_name_the_source_and_what_was_asked(
         with pytest.raises(
             DataAccessError, match=r"'Patient/missing'.*node-2-fhir.*HTTP 404"
         ) as info:
-            await fhir.get("Patient/missing")  # type: ignore[union-attr]
+            await fhir.get("Patient/missing")
         assert info.value.status == 404 and info.value.source == "node-2-fhir"
         s3 = b.get_data_client("node-2-s3")
         with pytest.raises(DataAccessError, match="HTTP 404"):
-            await s3.get("no/such/key")  # type: ignore[union-attr]
+            await s3.get("no/such/key")
 
 
 async def test_service_errors_map_to_specific_errors(transport: str) -> None:

@@ -221,7 +221,7 @@ async def test_a_download_cut_off_midway_raises_a_transport_error(
             else:
                 s3 = b.get_data_client("node-2-s3")
                 with pytest.raises(TransportError, match="cut off") as info:
-                    await s3.get("big.bin")  # type: ignore[union-attr]
+                    await s3.get("big.bin")
         cause = info.value if isinstance(info.value, IncompleteResponse) else info.value.__cause__
         assert isinstance(cause, IncompleteResponse)
 

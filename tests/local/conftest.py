@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import pytest
 
 from flame_async.local import LocalNode, LocalPlatform
 
-from .helpers import Gateway, StubApi
+from .helpers import Gateway, MakeGateway, StartApi, StartPlatform, StubApi
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def platforms() -> list[LocalPlatform]:
 @pytest.fixture
 def start_platform(
     stack: AsyncExitStack, tmp_path: Path, platforms: list[LocalPlatform]
-) -> Callable[..., Awaitable[LocalPlatform]]:
+) -> StartPlatform:
     async def start(nodes: Any = 3, **options: Any) -> LocalPlatform:
         options.setdefault("webhook_retry_initial", 0.001)
         options.setdefault("po_interval", 3600.0)  # status loop off unless a test wants it
@@ -43,7 +43,7 @@ def start_platform(
 
 
 @pytest.fixture
-async def platform(start_platform: Callable[..., Awaitable[LocalPlatform]]) -> LocalPlatform:
+async def platform(start_platform: StartPlatform) -> LocalPlatform:
     return await start_platform()
 
 
@@ -53,9 +53,7 @@ async def http(stack: AsyncExitStack) -> aiohttp.ClientSession:
 
 
 @pytest.fixture
-def start_api(
-    stack: AsyncExitStack, platforms: list[LocalPlatform]
-) -> Callable[[LocalNode], Awaitable[StubApi]]:
+def start_api(stack: AsyncExitStack, platforms: list[LocalPlatform]) -> StartApi:
     async def start(node: LocalNode) -> StubApi:
         owner = next(p for p in platforms if p.node(node.node_id) is node)
         return await StubApi(node).start(stack, owner)
@@ -64,7 +62,7 @@ def start_api(
 
 
 @pytest.fixture
-def gateway(http: aiohttp.ClientSession, platform: LocalPlatform) -> Callable[[str], Gateway]:
+def gateway(http: aiohttp.ClientSession, platform: LocalPlatform) -> MakeGateway:
     def make(node_id: str) -> Gateway:
         return Gateway(http, platform, platform.node(node_id))
 

@@ -10,7 +10,7 @@ generous deadlines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +26,8 @@ from flame_async.local import LocalNode, LocalPlatform
 DEADLINE = 10.0
 
 
-async def eventually(predicate: Callable[[], bool], *, timeout: float = DEADLINE) -> None:
-    """Wait until ``predicate()`` is true (checked every few milliseconds).
+async def eventually(predicate: Callable[[], object], *, timeout: float = DEADLINE) -> None:
+    """Wait until ``predicate()`` is truthy (checked every few milliseconds).
 
     The state checked belongs to the platform under test, which offers no event to wait on.
     """
@@ -140,3 +140,9 @@ class Gateway:
         ) as response:
             assert await response.read() == b""
             return response.status
+
+
+# The types of the fixtures in conftest.py that are factories.
+StartPlatform = Callable[..., Awaitable[LocalPlatform]]
+StartApi = Callable[[LocalNode], Awaitable[StubApi]]
+MakeGateway = Callable[[str], Gateway]

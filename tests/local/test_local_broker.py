@@ -9,12 +9,14 @@ import pytest
 
 from flame_async.local import LocalPlatform
 
-from .helpers import Gateway, eventually
+from .helpers import Gateway, MakeGateway, StartApi, eventually
 
 MESSAGE = {"weights": [1, 2.5, None], "text": "grüße", "meta": {"category": "w", "id": "node-0-ab"}}
 
 
-async def test_participants_include_self_with_roles(platform: LocalPlatform, gateway) -> None:
+async def test_participants_include_self_with_roles(
+    platform: LocalPlatform, gateway: MakeGateway
+) -> None:
     expected = [
         {"nodeId": "node-1", "nodeType": "aggregator"},
         {"nodeId": "node-2", "nodeType": "default"},
@@ -27,7 +29,9 @@ async def test_participants_include_self_with_roles(platform: LocalPlatform, gat
             assert await response.json() == expected
 
 
-async def test_participants_self_is_the_gateways_node(platform: LocalPlatform, gateway) -> None:
+async def test_participants_self_is_the_gateways_node(
+    platform: LocalPlatform, gateway: MakeGateway
+) -> None:
     for node in platform.nodes:
         gw: Gateway = gateway(node.node_id)
         async with gw.http.get(gw.broker("/participants/self"), headers=gw.auth) as response:
@@ -35,7 +39,7 @@ async def test_participants_self_is_the_gateways_node(platform: LocalPlatform, g
             assert await response.json() == {"nodeId": node.node_id, "nodeType": node.role}
 
 
-async def test_unknown_analysis_id_is_404(gateway) -> None:
+async def test_unknown_analysis_id_is_404(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     url = gw.url(f"/message-broker/analyses/{uuid.uuid4()}/participants")
     async with gw.http.get(url, headers=gw.auth) as response:
@@ -43,7 +47,7 @@ async def test_unknown_analysis_id_is_404(gateway) -> None:
         assert "detail" in await response.json()
 
 
-async def test_subscription_crud(platform: LocalPlatform, gateway) -> None:
+async def test_subscription_crud(platform: LocalPlatform, gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-2")
     webhook = "http://example.invalid/analysis/webhook"
     async with gw.http.post(
@@ -77,7 +81,7 @@ async def test_subscription_crud(platform: LocalPlatform, gateway) -> None:
         assert await response.json() == []
 
 
-async def test_subscriptions_are_per_node(gateway) -> None:
+async def test_subscriptions_are_per_node(gateway: MakeGateway) -> None:
     created = await gateway("node-2").subscribe()
     gw: Gateway = gateway("node-3")
     url = gw.broker(f"/messages/subscriptions/{created['subscriptionId']}")
@@ -85,7 +89,7 @@ async def test_subscriptions_are_per_node(gateway) -> None:
         assert response.status == 404
 
 
-async def test_get_subscription_with_non_uuid_id_is_400(gateway) -> None:
+async def test_get_subscription_with_non_uuid_id_is_400(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.get(gw.broker("/messages/subscriptions/nope"), headers=gw.auth) as response:
         assert response.status == 400
@@ -103,7 +107,7 @@ async def test_get_subscription_with_non_uuid_id_is_400(gateway) -> None:
         [],
     ],
 )
-async def test_subscribe_rejects_non_absolute_urls(gateway, body: object) -> None:
+async def test_subscribe_rejects_non_absolute_urls(gateway: MakeGateway, body: object) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.post(
         gw.broker("/messages/subscriptions"), json=body, headers=gw.auth
@@ -113,7 +117,7 @@ async def test_subscribe_rejects_non_absolute_urls(gateway, body: object) -> Non
 
 
 async def test_send_is_202_and_delivers_the_message_verbatim(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     receiver = await start_api(platform.node("node-2"))
     await gateway("node-2").subscribe()
@@ -141,7 +145,9 @@ async def test_send_is_202_and_delivers_the_message_verbatim(
     assert event.monotonic >= event.sent_monotonic
 
 
-async def test_any_json_value_is_delivered(platform: LocalPlatform, gateway, start_api) -> None:
+async def test_any_json_value_is_delivered(
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
+) -> None:
     receiver = await start_api(platform.node("node-3"))
     await gateway("node-3").subscribe()
     for message in ([1, 2], "text", 0, False):
@@ -168,7 +174,7 @@ async def test_any_json_value_is_delivered(platform: LocalPlatform, gateway, sta
     ],
 )
 async def test_send_rejects_bad_requests_with_a_reason(
-    platform: LocalPlatform, gateway, body: object, reason: str
+    platform: LocalPlatform, gateway: MakeGateway, body: object, reason: str
 ) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.post(gw.broker("/messages"), json=body, headers=gw.auth) as response:
@@ -177,7 +183,7 @@ async def test_send_rejects_bad_requests_with_a_reason(
     assert platform.deliveries == []
 
 
-async def test_send_rejects_a_body_that_is_not_json(gateway) -> None:
+async def test_send_rejects_a_body_that_is_not_json(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     headers = {**gw.auth, "Content-Type": "application/json"}
     async with gw.http.post(gw.broker("/messages"), data=b"{nope", headers=headers) as response:
@@ -186,7 +192,7 @@ async def test_send_rejects_a_body_that_is_not_json(gateway) -> None:
 
 
 async def test_broadcast_reaches_everyone_but_the_sender(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     apis = {node.node_id: await start_api(node) for node in platform.nodes}
     for node in platform.nodes:
@@ -203,7 +209,7 @@ async def test_broadcast_reaches_everyone_but_the_sender(
 
 
 async def test_5xx_answers_are_retried_until_delivered(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     receiver = await start_api(platform.node("node-2"))
     receiver.webhook_answers = [500, 503]
@@ -216,7 +222,7 @@ async def test_5xx_answers_are_retried_until_delivered(
 
 
 async def test_persistent_5xx_is_dropped_after_five_retries(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     receiver = await start_api(platform.node("node-2"))
     receiver.webhook_answers = [500] * 10
@@ -229,7 +235,7 @@ async def test_persistent_5xx_is_dropped_after_five_retries(
 
 
 async def test_4xx_answer_drops_the_message_without_retry(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     receiver = await start_api(platform.node("node-2"))
     receiver.webhook_answers = [422]
@@ -243,7 +249,7 @@ async def test_4xx_answer_drops_the_message_without_retry(
 
 
 async def test_unreachable_webhook_is_retried_then_dropped(
-    platform: LocalPlatform, gateway
+    platform: LocalPlatform, gateway: MakeGateway
 ) -> None:
     await gateway("node-2").subscribe()  # nothing listens on node-2's API port
     await gateway("node-1").send(["node-2"], MESSAGE)
@@ -254,7 +260,7 @@ async def test_unreachable_webhook_is_retried_then_dropped(
 
 
 async def test_without_subscription_the_message_is_dropped(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     receiver = await start_api(platform.node("node-2"))
     assert await gateway("node-1").send(["node-2"], MESSAGE) == 202
@@ -264,7 +270,9 @@ async def test_without_subscription_the_message_is_dropped(
     assert receiver.requests == []
 
 
-async def test_each_subscription_gets_a_copy(platform: LocalPlatform, gateway, start_api) -> None:
+async def test_each_subscription_gets_a_copy(
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
+) -> None:
     receiver = await start_api(platform.node("node-3"))
     first = await gateway("node-3").subscribe()
     second = await gateway("node-3").subscribe()
@@ -278,7 +286,7 @@ async def test_each_subscription_gets_a_copy(platform: LocalPlatform, gateway, s
 
 
 async def test_webhook_behind_a_gateway_is_delivered_straight_to_the_node_api(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     node = platform.node("node-2")
     receiver = await start_api(node)
@@ -296,7 +304,7 @@ async def test_webhook_behind_a_gateway_is_delivered_straight_to_the_node_api(
 
 
 async def test_webhook_elsewhere_is_posted_as_given(
-    platform: LocalPlatform, gateway, start_api
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
 ) -> None:
     node = platform.node("node-2")
     receiver = await start_api(node)
@@ -307,7 +315,7 @@ async def test_webhook_elsewhere_is_posted_as_given(
     assert receiver.on("/webhook")[0].headers["Host"] == f"localhost:{port}"
 
 
-async def test_broker_healthz_needs_no_token(gateway) -> None:
+async def test_broker_healthz_needs_no_token(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.get(gw.url("/message-broker/healthz")) as response:
         assert response.status == 200

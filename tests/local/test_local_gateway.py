@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
 import aiohttp
 import orjson
 import pytest
@@ -12,10 +15,12 @@ from flame_async.local import LocalPlatform
 from flame_async.local._gateway import Gateway
 from flame_async.local._tokens import TokenIssuer
 
-from .helpers import eventually
+from .helpers import StartApi, eventually
 
 
-async def test_healthz_is_answered_by_the_gateway(platform: LocalPlatform, http) -> None:
+async def test_healthz_is_answered_by_the_gateway(
+    platform: LocalPlatform, http: aiohttp.ClientSession
+) -> None:
     for node in platform.nodes:
         async with http.get(node.gateway_url + "/healthz") as response:
             assert response.status == 200
@@ -36,7 +41,7 @@ async def test_nginx_prefixes_no_service_claims_answer_501(
 
 @pytest.mark.parametrize("path", ["/storage/final", "/hub-adapter/kong/datastore/x", "/kong/s/s3"])
 async def test_every_nginx_prefix_is_served_by_the_platform(
-    platform: LocalPlatform, http, path: str
+    platform: LocalPlatform, http: aiohttp.ClientSession, path: str
 ) -> None:
     async with http.get(platform.node("node-1").gateway_url + path) as response:
         assert response.status != 501
@@ -56,7 +61,7 @@ async def test_every_nginx_prefix_is_served_by_the_platform(
     ],
 )
 async def test_broker_and_po_need_a_valid_token_of_the_analysis(
-    platform: LocalPlatform, http, route: str, authorization: str | None
+    platform: LocalPlatform, http: aiohttp.ClientSession, route: str, authorization: str | None
 ) -> None:
     node = platform.node("node-2")
     tokens = {
@@ -74,7 +79,7 @@ async def test_broker_and_po_need_a_valid_token_of_the_analysis(
 
 
 async def test_analysis_routes_are_proxied_to_the_node_api(
-    platform: LocalPlatform, http, start_api
+    platform: LocalPlatform, http: aiohttp.ClientSession, start_api: StartApi
 ) -> None:
     node = platform.node("node-3")
     api = await start_api(node)
@@ -94,14 +99,16 @@ async def test_analysis_routes_are_proxied_to_the_node_api(
 
 
 async def test_analysis_proxy_answers_502_when_the_api_is_not_listening(
-    platform: LocalPlatform, http
+    platform: LocalPlatform, http: aiohttp.ClientSession
 ) -> None:
     async with http.post(platform.node("node-1").gateway_url + "/analysis/webhook") as response:
         assert response.status == 502
         assert "detail" in await response.json()
 
 
-async def test_shared_port_routes_by_host_header(platform: LocalPlatform, http) -> None:
+async def test_shared_port_routes_by_host_header(
+    platform: LocalPlatform, http: aiohttp.ClientSession
+) -> None:
     for node in platform.nodes:
         headers = {
             "Host": node.nginx_host,
@@ -114,20 +121,26 @@ async def test_shared_port_routes_by_host_header(platform: LocalPlatform, http) 
             assert (await response.json())["nodeId"] == node.node_id
 
 
-async def test_shared_port_rejects_unknown_hosts(platform: LocalPlatform, http) -> None:
+async def test_shared_port_rejects_unknown_hosts(
+    platform: LocalPlatform, http: aiohttp.ClientSession
+) -> None:
     for host in ("nginx-analysis-unknown-1", "example.org", "127.0.0.1"):
         async with http.get(f"{platform.shared_url}/healthz", headers={"Host": host}) as response:
             assert response.status == 404
             assert "detail" in await response.json()
 
 
-async def test_shared_port_works_as_http_proxy(platform: LocalPlatform, start_api) -> None:
+async def test_shared_port_works_as_http_proxy(
+    platform: LocalPlatform, start_api: StartApi
+) -> None:
     """A container knowing only http://nginx-{DEPLOYMENT_NAME} gets there through HTTP_PROXY."""
     sender, receiver = platform.node("node-1"), platform.node("node-2")
     api = await start_api(receiver)
     async with aiohttp.ClientSession(trust_env=False) as http:
-
-        def via_proxy(method: str, url: str, **kwargs: object):
+        # Any: the options are aiohttp's (a TypedDict private to aiohttp.client)
+        def via_proxy(
+            method: str, url: str, **kwargs: Any
+        ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
             return http.request(method, url, proxy=platform.shared_url, **kwargs)
 
         async with via_proxy("GET", f"http://{sender.nginx_host}/healthz") as response:

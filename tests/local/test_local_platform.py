@@ -14,7 +14,7 @@ from flame_async.config import REQUIRED_ENV, FlameConfig
 from flame_async.errors import InvalidArgument
 from flame_async.local import LocalPlatform, PlatformStateError
 
-from .helpers import Gateway, StubApi, eventually
+from .helpers import Gateway, StartPlatform, StubApi, eventually
 
 
 def test_node_ids_from_a_count_and_the_first_is_the_aggregator() -> None:
@@ -64,7 +64,7 @@ async def test_using_it_before_enter_or_entering_twice_is_an_error() -> None:
     assert platform.deliveries == []  # records stay readable after exit
 
 
-async def test_nodes_have_their_env_and_config(start_platform) -> None:
+async def test_nodes_have_their_env_and_config(start_platform: StartPlatform) -> None:
     platform: LocalPlatform = await start_platform(
         ["alpha", "beta", "gamma"], aggregator="beta", partner_status_grace=1.5
     )
@@ -100,7 +100,9 @@ async def test_nodes_have_their_env_and_config(start_platform) -> None:
     assert len(tokens) == 3
 
 
-async def test_longest_node_ids_still_give_valid_host_names(start_platform, http) -> None:
+async def test_longest_node_ids_still_give_valid_host_names(
+    start_platform: StartPlatform, http: aiohttp.ClientSession
+) -> None:
     node_id = "n" * 39
     platform: LocalPlatform = await start_platform([node_id])
     node = platform.node(node_id)
@@ -110,7 +112,7 @@ async def test_longest_node_ids_still_give_valid_host_names(start_platform, http
         assert r.status == 200
 
 
-async def test_the_chosen_shared_port_is_the_one_bound(start_platform) -> None:
+async def test_the_chosen_shared_port_is_the_one_bound(start_platform: StartPlatform) -> None:
     # No free-port guessing: the port is held by this test, so binding it must fail, which
     # shows that the platform binds exactly the port it was given.
     with socket.create_server(("127.0.0.1", 0)) as held:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import pytest
 
 from flame_async._jwt import decode_claims
 from flame_async.local import LocalPlatform
 
-from .helpers import Gateway, eventually
+from .helpers import Gateway, MakeGateway, StartApi, StartPlatform, eventually
 
 LOG = {
     "log": "step 1\nstep 2",
@@ -27,7 +28,7 @@ async def stream(gw: Gateway, **fields: object) -> tuple[int, object]:
 
 
 async def test_stream_logs_stores_the_record_status_and_progress(
-    platform: LocalPlatform, gateway
+    platform: LocalPlatform, gateway: MakeGateway
 ) -> None:
     gw: Gateway = gateway("node-2")
     assert platform.status("node-2") is None
@@ -40,7 +41,7 @@ async def test_stream_logs_stores_the_record_status_and_progress(
     assert platform.logs("node-1") == []
 
 
-async def test_progress_only_grows(platform: LocalPlatform, gateway) -> None:
+async def test_progress_only_grows(platform: LocalPlatform, gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     for progress in (40, 20, 40, 55):
         assert (await stream(gw, progress=progress))[0] == 200
@@ -59,7 +60,7 @@ async def test_progress_only_grows(platform: LocalPlatform, gateway) -> None:
     ],
 )
 async def test_stream_logs_rejects_invalid_fields_with_422(
-    platform: LocalPlatform, gateway, fields: dict[str, object], loc: list[str]
+    platform: LocalPlatform, gateway: MakeGateway, fields: dict[str, object], loc: list[str]
 ) -> None:
     status, body = await stream(gateway("node-1"), **fields)
     assert status == 422
@@ -69,7 +70,7 @@ async def test_stream_logs_rejects_invalid_fields_with_422(
     assert platform.logs("node-1") == []
 
 
-async def test_stream_logs_rejects_missing_fields_and_bad_json(gateway) -> None:
+async def test_stream_logs_rejects_missing_fields_and_bad_json(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.post(
         gw.url("/po/stream_logs"), json={"log": "x"}, headers=gw.auth
@@ -82,7 +83,10 @@ async def test_stream_logs_rejects_missing_fields_and_bad_json(gateway) -> None:
 
 
 async def test_status_loop_posts_partner_status_polls_healthz_and_refreshes_tokens(
-    start_platform, start_api, http, caplog: pytest.LogCaptureFixture
+    start_platform: StartPlatform,
+    start_api: StartApi,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="flame_async.local")
     platform: LocalPlatform = await start_platform(po_interval=0.02)
@@ -122,7 +126,9 @@ async def test_status_loop_posts_partner_status_polls_healthz_and_refreshes_toke
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-async def test_status_loop_stops_once_the_node_is_terminal(start_platform, start_api) -> None:
+async def test_status_loop_stops_once_the_node_is_terminal(
+    start_platform: StartPlatform, start_api: StartApi
+) -> None:
     platform: LocalPlatform = await start_platform(po_interval=0.01)
     apis = {node.node_id: await start_api(node) for node in platform.nodes}
     apis["node-1"].status = "executed"  # reported by /healthz
@@ -136,7 +142,7 @@ async def test_status_loop_stops_once_the_node_is_terminal(start_platform, start
 
 
 async def test_status_loop_stops_after_a_terminal_log_status(
-    start_platform, start_api, http
+    start_platform: StartPlatform, start_api: StartApi, http: aiohttp.ClientSession
 ) -> None:
     platform: LocalPlatform = await start_platform(po_interval=0.01)
     apis = {node.node_id: await start_api(node) for node in platform.nodes}
