@@ -35,10 +35,14 @@ def cli(
     )
 
 
-@pytest.mark.parametrize("mode", ["inprocess", "processes"])
+@pytest.mark.parametrize(
+    ("mode", "transport"),
+    [("inprocess", "http"), ("processes", "http"), ("inprocess", "memory")],
+    ids=["inprocess", "processes", "inprocess-memory"],
+)
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_runs_under_flame_async_run_in_both_modes(
-    example: Path, mode: str, tmp_path: Path
+    example: Path, mode: str, transport: str, tmp_path: Path
 ) -> None:
     done = cli(
         "run",
@@ -47,6 +51,8 @@ def test_every_example_runs_under_flame_async_run_in_both_modes(
         "3",
         "--mode",
         mode,
+        "--transport",
+        transport,
         "--data",
         str(ROOT / "examples" / "data"),
         "--out",
@@ -58,7 +64,7 @@ def test_every_example_runs_under_flame_async_run_in_both_modes(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ok: 3 of 3 nodes executed" in done.stdout
     record = json.loads((tmp_path / "run.json").read_text())
-    assert record["ok"] and record["mode"] == mode
+    assert record["ok"] and (record["mode"], record["transport"]) == (mode, transport)
     assert {n["status"] for n in record["nodes"]} == {"executed"}
     assert record["messages"], "the broker carried messages"
     for node in ("node-1", "node-2", "node-3"):
