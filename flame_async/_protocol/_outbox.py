@@ -89,6 +89,22 @@ class Outbox:
         self.counter += 1
         return f"{self.node_id[:4]}-{tag}{number}-{uuid.uuid4().hex[:12]}", number
 
+    def _original_meta(
+        self, message_id: str, number: int, category: str, now: Instant
+    ) -> dict[str, Any]:
+        """flamesdk's ``meta`` of an original message (PROTOCOL §2.7)."""
+        return {
+            "type": "outgoing",
+            "category": category,
+            "id": message_id,
+            "akn_id": None,
+            "status": "unread",
+            "sender": self.node_id,
+            "created_at": format_wire_time(now.wall),
+            "arrived_at": None,
+            "number": number,
+        }
+
     def post_id(self) -> int:
         """A fresh id for one broker POST."""
         self._next_post += 1
@@ -114,17 +130,7 @@ class Outbox:
             self.next_seq[receiver] = n + 1
             self.open_seq.setdefault(receiver, set()).add(n)
             seq[receiver] = n
-        meta: dict[str, Any] = {
-            "type": "outgoing",
-            "category": category,
-            "id": message_id,
-            "akn_id": None,
-            "status": "unread",
-            "sender": self.node_id,
-            "created_at": format_wire_time(now.wall),
-            "arrived_at": None,
-            "number": number,
-        }
+        meta = self._original_meta(message_id, number, category, now)
         if reply_to is not None:
             meta["reply_to"] = reply_to
         if error is not None:
@@ -166,24 +172,9 @@ class Outbox:
     def notice_body(self, receiver: str, *, now: Instant, category: str) -> dict[str, Any]:
         """A settle notice: tells ``receiver`` the current floor, hands nothing over."""
         message_id, number = self.new_id("s")
-        return {
-            "meta": {
-                "type": "outgoing",
-                "category": category,
-                "id": message_id,
-                "akn_id": None,
-                "status": "unread",
-                "sender": self.node_id,
-                "created_at": format_wire_time(now.wall),
-                "arrived_at": None,
-                "number": number,
-                "stream": {
-                    "epoch": self.epoch,
-                    "seq": {},
-                    "floor": {receiver: self.floor(receiver)},
-                },
-            }
-        }
+        meta = self._original_meta(message_id, number, category, now)
+        meta["stream"] = {"epoch": self.epoch, "seq": {}, "floor": {receiver: self.floor(receiver)}}
+        return {"meta": meta}
 
     def later_numbered(self, receiver: str, seq: int) -> bool:
         """True when a message to ``receiver`` was numbered after ``seq``."""

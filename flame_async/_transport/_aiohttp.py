@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -31,7 +31,7 @@ from ..errors import (
     ServiceUnavailable,
     TransportError,
 )
-from ._http import Buffer, Handler, Multipart, Part, Request, Response
+from ._http import Buffer, Handler, Multipart, Request, Response
 from ._server import serve_handler
 
 if TYPE_CHECKING:
@@ -44,24 +44,26 @@ log = logging.getLogger("flame_async.transport")
 _CHUNK = 1 << 20
 
 
-class _PartPayload(payload.Payload):
-    """One multipart part written from its buffers, in slices, with its size known up front.
+class _SlicedPayload(payload.Payload):
+    """A body of known size written from its buffers in slices of their own memory.
 
     A known size lets the body carry a Content-Length (no chunked framing, which would copy
-    every chunk); the buffers are written as slices of their own memory.
+    every chunk); slices of at most 1 MiB keep the event loop responsive.
     """
 
-    def __init__(self, part: Part) -> None:
-        super().__init__(
-            part.data,
-            content_type=part.content_type,
-            filename=part.filename,
-        )
-        self._buffers = part.data
-        self._size = part.size
+    def __init__(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        content_type: str,
+        filename: str | None = None,
+    ) -> None:
+        super().__init__(buffers, content_type=content_type, filename=filename)
+        self._buffers = buffers
+        self._size = sum(memoryview(b).nbytes for b in buffers)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        """Not meaningful for binary parts; required by aiohttp's interface."""
+        """The body as text (aiohttp's interface; not meaningful for binary parts)."""
         return b"".join(bytes(b) for b in self._buffers).decode(encoding, errors)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
@@ -78,36 +80,10 @@ class _PartPayload(payload.Payload):
         await self.write(writer)
 
 
-class _BufferPayload(payload.Payload):
-    """A large bytes body written in slices of its own memory (aiohttp warns on raw bytes
-    above 1 MiB: writing them in one piece would hold the event loop)."""
-
-    def __init__(self, body: bytes) -> None:
-        super().__init__(body, content_type="application/octet-stream")
-        self._body = body
-        self._size = len(body)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        """The body as text (aiohttp's interface)."""
-        return self._body.decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        """Write the body in slices of at most 1 MiB."""
-        view = memoryview(self._body)
-        for start in range(0, len(view), _CHUNK):
-            await writer.write(view[start : start + _CHUNK])
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        """Write the body (the length is its size by construction)."""
-        await self.write(writer)
-
-
 def _encode_form(form: Multipart) -> aiohttp.MultipartWriter:
     writer = aiohttp.MultipartWriter("form-data")
     for part in form.parts:
-        body = _PartPayload(part)
+        body = _SlicedPayload(part.data, content_type=part.content_type, filename=part.filename)
         if part.filename is None:
             body.set_content_disposition("form-data", name=part.name)
         else:
@@ -287,7 +263,8 @@ class AiohttpTransport:
         if isinstance(body, Multipart):
             body = _encode_form(body)
         elif isinstance(body, bytes) and len(body) > _CHUNK:
-            body = _BufferPayload(body)
+            # aiohttp warns on raw bytes above 1 MiB: in one piece they would hold the loop
+            body = _SlicedPayload((body,), content_type="application/octet-stream")
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
         try:
             raw = await session.request(
