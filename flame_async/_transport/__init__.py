@@ -5,7 +5,7 @@ call :class:`GatewayClient`), transports carry them, and every failure, also whi
 read, arrives as a :class:`~flame_async.errors.TransportError`.
 """
 
-from ._aiohttp import AiohttpTransport
+from ._aiohttp import AiohttpTransport, aiohttp_data
 from ._base import Transport
 from ._client import GatewayClient, parse_answer
 from ._errors import RETRYABLE_STATUS, detail_of, is_retryable, retry_call, status_error
@@ -43,6 +43,7 @@ __all__ = [
     "Response",
     "Transport",
     "aiohttp_app",
+    "aiohttp_data",
     "detail_of",
     "is_retryable",
     "lower_headers",

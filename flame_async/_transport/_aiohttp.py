@@ -31,13 +31,13 @@ from ..errors import (
     ServiceUnavailable,
     TransportError,
 )
-from ._http import Buffer, Handler, Multipart, Request, Response
+from ._http import Body, Buffer, Handler, Multipart, Request, Response
 from ._server import serve_handler
 
 if TYPE_CHECKING:
     from ..config import FlameConfig
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "aiohttp_data"]
 
 log = logging.getLogger("flame_async.transport")
 
@@ -78,6 +78,16 @@ class _SlicedPayload(payload.Payload):
     ) -> None:
         """Write the buffers (the length is the whole size by construction)."""
         await self.write(writer)
+
+
+def aiohttp_data(body: Body) -> Any:
+    """``body`` as aiohttp's client sends it: forms encoded, large bytes in slices."""
+    if isinstance(body, Multipart):
+        return _encode_form(body)
+    if isinstance(body, bytes) and len(body) > _CHUNK:
+        # aiohttp warns on raw bytes above 1 MiB: in one piece they would hold the loop
+        return _SlicedPayload((body,), content_type="application/octet-stream")
+    return body
 
 
 def _encode_form(form: Multipart) -> aiohttp.MultipartWriter:
@@ -259,12 +269,7 @@ class AiohttpTransport:
             if request.query_string
             else self._url(request.path)
         )
-        body: Any = request.body
-        if isinstance(body, Multipart):
-            body = _encode_form(body)
-        elif isinstance(body, bytes) and len(body) > _CHUNK:
-            # aiohttp warns on raw bytes above 1 MiB: in one piece they would hold the loop
-            body = _SlicedPayload((body,), content_type="application/octet-stream")
+        body = aiohttp_data(request.body)
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
         try:
             raw = await session.request(

@@ -34,7 +34,7 @@ import orjson
 from pydantic import ValidationError
 from yarl import URL
 
-from .._transport import Request, Response
+from .._transport import Request, Response, aiohttp_data
 from .._wire import SendRequest, Subscription, SubscriptionRequest
 from ..errors import InvalidArgument
 from ._core import NodeUnreachable, PlatformCore
@@ -264,7 +264,7 @@ class BrokerService:
                 return response.status
         async with self._core.session.post(
             target,
-            data=payload,
+            data=aiohttp_data(payload),
             headers=_DELIVERY_HEADERS,
             timeout=aiohttp.ClientTimeout(total=_ATTEMPT_TIMEOUT),
             allow_redirects=False,

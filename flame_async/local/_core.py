@@ -22,7 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from yarl import URL
 
-from .._transport import Handler, Request, Response
+from .._transport import Handler, Request, Response, aiohttp_data
 from ._node import LocalNode
 from ._tokens import TokenIssuer
 
@@ -194,12 +194,11 @@ class PlatformCore:
                 await response.aclose()
             return
         target = self._api_target(node_id, request)
-        body: Any = request.body
         try:
             raw = await self.session.request(
                 request.method,
                 target,
-                data=body,
+                data=aiohttp_data(request.body),
                 headers=request.headers,
                 timeout=aiohttp.ClientTimeout(total=timeout) if timeout else _NO_TIMEOUT,
                 allow_redirects=False,

@@ -62,7 +62,8 @@ async def test_a_message_behind_an_oversized_one_is_handed_over_not_held(transpo
             # the big one was numbered first and refused by the receiver (413, dropped)
             await _eventually(
                 lambda: any(
-                    e.category == "big" and e.outcome == "dropped" for e in platform.deliveries
+                    e.category == "big" and e.outcome == "dropped" and e.status == 413
+                    for e in platform.deliveries
                 ),
                 10,
             )

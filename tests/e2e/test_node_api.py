@@ -1,16 +1,21 @@
-"""The node's REST API: malformed input is refused with reasons; the runtime keeps working."""
+"""The node's REST API: malformed input is refused with reasons; the runtime keeps working.
+
+Requests reach the API the way the platform's broker and PO reach it (``platform.call_api``):
+over real HTTP on the HTTP transport, by a direct call on the in-memory one.
+"""
 
 from __future__ import annotations
 
 import base64
-import io
 import time
+from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from flame_async import AuthenticationError, PeerFailed
+from flame_async._transport import Request
+from flame_async.local import LocalPlatform
 
 from .conftest import running
 
@@ -40,7 +45,26 @@ def meta(**overrides: object) -> dict[str, object]:
     return base
 
 
-JSON = {"Content-Type": "application/json"}
+JSON = {"content-type": "application/json"}
+
+
+async def call(
+    platform: LocalPlatform,
+    node_id: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One request to a node's API; its status and decoded JSON answer."""
+    request = Request(method, path, headers=headers or {}, body=body or None)
+    async with platform.call_api(node_id, request) as answer:
+        return answer.status, orjson.loads(await answer.read())
+
+
+def post_json(platform: LocalPlatform, node_id: str, path: str, value: object) -> Any:
+    return call(platform, node_id, "POST", path, orjson.dumps(value), JSON)
+
 
 MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("POST", "/webhook", b"", JSON, 400),
@@ -65,7 +89,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("POST", "/webhook", orjson.dumps({"meta": meta(sender="node-2")}), JSON, 422),  # itself
     ("POST", "/webhook", orjson.dumps({"meta": meta(sender="stranger")}), JSON, 422),
     ("POST", "/webhook", b"x" * (2 * 1024 * 1024), JSON, 413),
-    ("POST", "/webhook", b"{}", {"Content-Type": "text/plain"}, 415),
+    ("POST", "/webhook", b"{}", {"content-type": "text/plain"}, 415),
     ("GET", "/webhook", b"", {}, 405),
     ("POST", "/token_refresh", b"{}", JSON, 400),
     ("POST", "/token_refresh", b'{"token": 5}', JSON, 400),
@@ -77,18 +101,19 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
 ]
 
 
-async def test_malformed_requests_get_4xx_with_reason_and_messaging_survives() -> None:
-    async with running(2, config={"max_api_body_bytes": 1024 * 1024}) as (_, (a, b)):
-        url = f"http://127.0.0.1:{b.api_port}"
+async def test_malformed_requests_get_4xx_with_reason_and_messaging_survives(
+    transport: str,
+) -> None:
+    async with running(2, transport=transport, config={"max_api_body_bytes": 1024 * 1024}) as (
+        platform,
+        (a, b),
+    ):
         reasons = set()
-        async with aiohttp.ClientSession() as http:
-            for method, path, body, headers, status in MALFORMED:
-                data = io.BytesIO(body) if len(body) > 1024 * 1024 else body
-                async with http.request(method, url + path, data=data, headers=headers) as r:
-                    payload = await r.json(content_type=None)
-                    assert r.status == status, (path, body[:60], r.status, payload)
-                    assert isinstance(payload["detail"], str) and payload["detail"], payload
-                    reasons.add(payload["detail"])
+        for method, path, body, headers, status in MALFORMED:
+            answered, payload = await call(platform, b.node_id, method, path, body, headers)
+            assert answered == status, (path, body[:60], answered, payload)
+            assert isinstance(payload["detail"], str) and payload["detail"], payload
+            reasons.add(payload["detail"])
         assert len(MALFORMED) >= 15
         assert len(reasons) >= 15  # distinct, specific reasons
         assert sum(b.rejected_requests.values()) == len(MALFORMED)
@@ -99,49 +124,36 @@ async def test_malformed_requests_get_4xx_with_reason_and_messaging_survives() -
         }
 
 
-async def test_healthz_reports_status_and_token_time() -> None:
-    async with running(2) as (_, (a, _b)), aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{a.api_port}/healthz") as r:
-            body = await r.json()
+async def test_healthz_reports_status_and_token_time(transport: str) -> None:
+    async with running(2, transport=transport) as (platform, (a, _b)):
+        status, body = await call(platform, a.node_id, "GET", "/healthz")
+        assert status == 200
         assert body["status"] == "executing"
         assert 3000 < body["token_remaining_time"] <= 3600
 
 
-async def test_token_refresh_swaps_the_bearer_token_in_place() -> None:
-    async with running(2) as (platform, (a, b)):
+async def test_token_refresh_swaps_the_bearer_token_in_place(transport: str) -> None:
+    async with running(2, transport=transport) as (platform, (a, b)):
         fresh = platform.token(a.node_id)
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"http://127.0.0.1:{a.api_port}/token_refresh", json={"token": fresh}
-            ) as r:
-                assert r.status == 200
-                assert (await r.json()) == {"message": "Token refreshed successfully"}
-            # an expired token is accepted by the node (the services judge it), and then used
-            async with http.post(
-                f"http://127.0.0.1:{a.api_port}/token_refresh",
-                json={"token": token_with(time.time() - 10)},
-            ) as r:
-                assert r.status == 200
-            async with http.get(f"http://127.0.0.1:{a.api_port}/healthz") as r:
-                assert (await r.json())["token_remaining_time"] == 0
+        status, body = await post_json(platform, a.node_id, "/token_refresh", {"token": fresh})
+        assert (status, body) == (200, {"message": "Token refreshed successfully"})
+        # an expired token is accepted by the node (the services judge it), and then used
+        expired = token_with(time.time() - 10)
+        status, _ = await post_json(platform, a.node_id, "/token_refresh", {"token": expired})
+        assert status == 200
+        assert (await call(platform, a.node_id, "GET", "/healthz"))[1]["token_remaining_time"] == 0
         with pytest.raises(AuthenticationError):
             await a.send_message(b.node_id, {}, category="x", timeout=2)
 
 
-async def test_partner_status_is_ignored_during_grace_then_adopted() -> None:
-    async with running(2, partner_status_grace=3600) as (_, (a, b)):
-        url = f"http://127.0.0.1:{a.api_port}/partner_status"
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(url, json={"partner_status": {b.node_id: "failed"}}) as r,
-        ):
-            assert (await r.json()) == {"status": "executing"}  # still in the grace period
-    async with running(2, partner_status_grace=0) as (_, (a, b)):
-        url = f"http://127.0.0.1:{a.api_port}/partner_status"
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(url, json={"partner_status": {b.node_id: "failed"}}) as r,
-        ):
-            assert (await r.json()) == {"status": "failed"}
+async def test_partner_status_is_ignored_during_grace_then_adopted(transport: str) -> None:
+    failed = {"partner_status": {"node-2": "failed"}}
+    async with running(2, transport=transport, partner_status_grace=3600) as (platform, (a, b)):
+        assert b.node_id == "node-2"
+        answer = await post_json(platform, a.node_id, "/partner_status", failed)
+        assert answer == (200, {"status": "executing"})  # still in the grace period
+    async with running(2, transport=transport, partner_status_grace=0) as (platform, (a, b)):
+        answer = await post_json(platform, a.node_id, "/partner_status", failed)
+        assert answer == (200, {"status": "failed"})
         with pytest.raises(PeerFailed):
             await a.await_message(b.node_id, timeout=5)
