@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import anyio
+import orjson
 import pytest
-from aiohttp import web
 
+from flame_async._transport import Request, Response
 from flame_async.local import LocalNode, LocalPlatform
 
 from .conftest import running
@@ -30,50 +32,51 @@ FLAMESDK_META_FIELDS = {
 
 
 class LegacyNode:
-    """Stands in for a flamesdk node: raw HTTP with its token, its own webhook server."""
+    """Stands in for a flamesdk node: hand-made wire bodies with its token, its own webhook.
 
-    def __init__(self, node: LocalNode, http: aiohttp.ClientSession) -> None:
+    It speaks through the platform's transport for its node (real HTTP, or in memory), so the
+    exact bytes a flamesdk node would send and receive are checked on both transports.
+    """
+
+    def __init__(self, platform: LocalPlatform, node: LocalNode) -> None:
         self.node = node
-        self.http = http
+        self.transport = platform.transport_for(node)
         self.inbox: list[dict[str, Any]] = []
         self.arrived = anyio.Event()
+        self._prefix = f"/message-broker/analyses/{node.env['ANALYSIS_ID']}"
 
-    async def serve(self, platform: LocalPlatform) -> web.AppRunner:
-        async def webhook(request: web.Request) -> web.Response:
-            self.inbox.append(await request.json())
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[LegacyNode]:
+        async def webhook(request: Request) -> Response:
+            self.inbox.append(orjson.loads(await request.read()))
             self.arrived.set()
-            return web.json_response(None)
+            return Response(200, b"null", headers={"content-type": "application/json"})
 
-        app = web.Application()
-        app.router.add_post("/webhook", webhook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        # the platform binds the API socket and knows its port (no free-port guessing)
-        await web.SockSite(runner, platform.bind_api(self.node.node_id)).start()
-        return runner
+        async with self.transport, anyio.create_task_group() as tg:
+            await tg.start(self.transport.serve, webhook)
+            yield self
+            tg.cancel_scope.cancel()
 
-    def url(self, path: str) -> str:
-        return (
-            f"{self.node.gateway_url}/message-broker/analyses/{self.node.env['ANALYSIS_ID']}{path}"
+    async def _post(self, path: str, body: object, expect: int) -> None:
+        request = Request(
+            "POST",
+            self._prefix + path,
+            headers={
+                "authorization": f"Bearer {self.node.env['KEYCLOAK_TOKEN']}",
+                "content-type": "application/json",
+            },
+            body=orjson.dumps(body),
+            service="broker",
         )
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.node.env['KEYCLOAK_TOKEN']}"}
+        async with self.transport.open(request) as answer:
+            text = await answer.read()
+            assert answer.status == expect, text
 
     async def subscribe(self, webhook: str) -> None:
-        async with self.http.post(
-            self.url("/messages/subscriptions"), json={"webhookUrl": webhook}, headers=self.headers
-        ) as r:
-            assert r.status == 201
+        await self._post("/messages/subscriptions", {"webhookUrl": webhook}, 201)
 
     async def send(self, recipients: list[str], message: dict[str, Any]) -> None:
-        async with self.http.post(
-            self.url("/messages"),
-            json={"recipients": recipients, "message": message},
-            headers=self.headers,
-        ) as r:
-            assert r.status == 202, await r.text()
+        await self._post("/messages", {"recipients": recipients, "message": message}, 202)
 
     async def wait(self, count: int) -> list[dict[str, Any]]:
         with anyio.fail_after(5):
@@ -83,21 +86,19 @@ class LegacyNode:
         return self.inbox
 
 
-async def test_outgoing_message_carries_flamesdk_meta_and_user_fields() -> None:
-    async with running(2, start=1) as (platform, (a,)), aiohttp.ClientSession() as http:
-        legacy = LegacyNode(platform.nodes[1], http)
-        runner = await legacy.serve(platform)
-        try:
-            await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    lambda: a.send_message(
-                        legacy.node.node_id, {"weights": [1, 2]}, category="round", timeout=0.5
-                    )
+async def test_outgoing_message_carries_flamesdk_meta_and_user_fields(transport: str) -> None:
+    async with (
+        running(2, start=1, transport=transport) as (platform, (a,)),
+        LegacyNode(platform, platform.nodes[1]).serving() as legacy,
+    ):
+        await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: a.send_message(
+                    legacy.node.node_id, {"weights": [1, 2]}, category="round", timeout=0.5
                 )
-                (body,) = await legacy.wait(1)
-        finally:
-            await runner.cleanup()
+            )
+            (body,) = await legacy.wait(1)
     assert body["weights"] == [1, 2]
     meta = body["meta"]
     assert set(meta) >= FLAMESDK_META_FIELDS
@@ -109,32 +110,30 @@ async def test_outgoing_message_carries_flamesdk_meta_and_user_fields() -> None:
     assert datetime.fromisoformat(meta["created_at"]).tzinfo is None  # str(datetime.now())
 
 
-async def test_flamesdk_message_is_handed_over_and_acked_recognisably() -> None:
-    async with running(2, start=1) as (platform, (a,)), aiohttp.ClientSession() as http:
-        legacy = LegacyNode(platform.nodes[1], http)
-        runner = await legacy.serve(platform)
-        try:
-            await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
-            original_meta = {
-                "type": "outgoing",
-                "category": "intermediate_data",
-                "id": "node-0-ab12",
-                "akn_id": None,
-                "status": "unread",
-                "sender": legacy.node.node_id,
-                "created_at": "2026-11-22 10:00:00.123456",
-                "arrived_at": None,
-                "number": 0,
-            }
-            await legacy.send([a.node_id], {"result_id": {"x": "y"}, "meta": original_meta})
-            message = await a.await_message(legacy.node.node_id, timeout=5)
-            (ack,) = await legacy.wait(1)
-            # flamesdk sends the same message again if the ack were lost: a duplicate
-            await legacy.send([a.node_id], {"result_id": {"x": "y"}, "meta": original_meta})
-            await legacy.wait(2)
-            leftover = a.get_list_of_messages()
-        finally:
-            await runner.cleanup()
+async def test_flamesdk_message_is_handed_over_and_acked_recognisably(transport: str) -> None:
+    async with (
+        running(2, start=1, transport=transport) as (platform, (a,)),
+        LegacyNode(platform, platform.nodes[1]).serving() as legacy,
+    ):
+        await legacy.subscribe(f"{legacy.node.gateway_url}/analysis/webhook")
+        original_meta = {
+            "type": "outgoing",
+            "category": "intermediate_data",
+            "id": "node-0-ab12",
+            "akn_id": None,
+            "status": "unread",
+            "sender": legacy.node.node_id,
+            "created_at": "2026-11-22 10:00:00.123456",
+            "arrived_at": None,
+            "number": 0,
+        }
+        await legacy.send([a.node_id], {"result_id": {"x": "y"}, "meta": original_meta})
+        message = await a.await_message(legacy.node.node_id, timeout=5)
+        (ack,) = await legacy.wait(1)
+        # flamesdk sends the same message again if the ack were lost: a duplicate
+        await legacy.send([a.node_id], {"result_id": {"x": "y"}, "meta": original_meta})
+        await legacy.wait(2)
+        leftover = a.get_list_of_messages()
     assert message.data == {"result_id": {"x": "y"}} and message.category == "intermediate_data"
     assert message.id == "node-0-ab12"
     # flamesdk recognises an ack as: meta.id == I and meta.akn_id == receiver, sender unchanged
