@@ -35,7 +35,13 @@ from pydantic import ValidationError
 from yarl import URL
 
 from .._transport import Request, Response, aiohttp_data
-from .._wire import SendRequest, Subscription, SubscriptionRequest
+from .._wire import (
+    SendRequest,
+    Subscription,
+    SubscriptionRequest,
+    WireParticipant,
+    WireParticipants,
+)
 from ..errors import InvalidArgument
 from ._core import NodeUnreachable, PlatformCore
 from ._http import Call, Route, detail_response, json_response, read_json_object, require_bearer
@@ -121,8 +127,12 @@ class BrokerService:
         self._jitter = jitter
         self.events: deque[DeliveryEvent] = deque(maxlen=max_events)
         self._subscriptions: dict[str, dict[str, _Subscription]] = {n: {} for n in core.nodes}
-        self._participants = orjson.dumps(
-            [{"nodeId": n.node_id, "nodeType": n.role} for n in core.nodes.values()]
+        self._participants = (
+            WireParticipants(
+                [WireParticipant(node_id=n.node_id, node_type=n.role) for n in core.nodes.values()]
+            )
+            .model_dump_json(by_alias=True)
+            .encode()
         )
 
     # -- gateway -------------------------------------------------------------------------------
@@ -397,7 +407,9 @@ class _NodeBroker:
         self._nodes = broker.core.nodes
         self._analysis_id = broker.core.analysis_id
         self._others = [n for n in self._nodes if n != node.node_id]
-        self._self_json = orjson.dumps({"nodeId": node.node_id, "nodeType": node.role})
+        self._self_json = orjson.dumps(
+            WireParticipant(node_id=node.node_id, node_type=node.role).wire()
+        )
 
     def known_analysis(self, handler: Any) -> Any:
         """``handler`` behind a check: 404 for any analysis id but the platform's (the real

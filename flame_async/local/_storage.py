@@ -36,7 +36,7 @@ import anyio
 from yarl import URL
 
 from .._transport import FileBody, Form, FormPart, Response
-from .._wire import TagAnswer, TagEntry, TaggedAnswer, TaggedEntry, TagsAnswer
+from .._wire import TagAnswer, TagEntry, TaggedAnswer, TaggedEntry, TagsAnswer, UploadAnswer
 from ._core import PlatformCore
 from ._http import Call, Route, RouteHandler, detail_response, json_response, require_bearer
 from ._localstore import LocalStore, TagError, check_tag
@@ -355,7 +355,7 @@ class _NodeStorage:
             form.discard()
         self._service._intermediates[object_id] = _Intermediate(path, self._node_id, receiver)
         url = _url(call, f"/intermediate/{object_id}", remote_node_id=self._node_id)
-        return json_response({"url": url, "object_id": object_id})
+        return json_response(UploadAnswer(url=url, object_id=object_id).wire())
 
     async def get_intermediate(self, call: Call) -> Response:
         """Hand the object to its receiver once.
@@ -411,7 +411,7 @@ class _NodeStorage:
         finally:
             form.discard()
         url = _url(call, f"/local/{object_id}")
-        return json_response({"url": url, "object_id": object_id})
+        return json_response(UploadAnswer(url=url, object_id=object_id).wire())
 
     async def get_local(self, call: Call) -> Response:
         object_id = _object_id(call.params["object_id"])
