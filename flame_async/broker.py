@@ -3,7 +3,7 @@
 Every messaging decision lives in :class:`~flame_async._protocol.NodeProtocol` (sans-I/O). This
 module feeds it events with the time (webhook bodies, the outcome of broker POSTs, partner
 statuses, waits that start and end, timer ticks) and performs its actions: POSTs to the broker,
-waking waiters, running handlers, ending sends. One driver task fires the protocol's timers.
+waking waiters, running handlers, ending sends. One loop timer fires the protocol's timers.
 
 Waits are event-driven: a waiter sleeps on an event the protocol names in a ``Wake`` action,
 then takes its message itself, so a waiter that is cancelled or times out never takes a message
@@ -22,8 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 
 from ._protocol import (
     AcksPending,
@@ -146,6 +145,11 @@ async def discover(gateway: GatewayClient, analysis_id: str) -> Discovery:
     return Discovery(me.node_id, NodeRole.parse(me.node_type), participants)
 
 
+def _later_if_io(action: object) -> bool:
+    """Sort key: actions that start I/O or tasks go after those that only wake or settle."""
+    return isinstance(action, Post | AcksPending | RunHandler)
+
+
 def _post_failure(exc: TransportError) -> PostFailure:
     refused = isinstance(exc, ServiceError) and 400 <= exc.status < 500
     return PostFailure(retryable=not refused, reason=str(exc))
@@ -158,7 +162,7 @@ class BrokerService:
         gateway: Calls to the node's services.
         analysis_id: The analysis the broker paths are scoped to.
         discovery: Who this node is and who else takes part.
-        task_group: The SDK's task group: the driver, POSTs and handlers run there.
+        task_group: The SDK's task group: POSTs and handlers run there.
         settings: The protocol's timing rules.
     """
 
@@ -185,8 +189,9 @@ class BrokerService:
         self._sends: dict[str, asyncio.Future[Settled]] = {}
         self._errors: dict[str, TransportError] = {}
         self._handlers: dict[str, Handler] = {}
-        self._kick = asyncio.Event()
-        self._planned: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._posting = 0
         self._no_posts = asyncio.Event()
         self._no_posts.set()
@@ -212,37 +217,48 @@ class BrokerService:
         """The other nodes of the analysis, sorted by id."""
         return [self._participants[k] for k in sorted(self._participants)]
 
-    # -- the driver ----------------------------------------------------------------------------
+    # -- timers ---------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Fire the protocol's timers (resends, send deadlines, gaps) until cancelled.
+    def _schedule(self) -> None:
+        """Arm one loop timer for the protocol's next deadline (resends, send deadlines, gaps).
 
-        Cancellation:
-            Stops at once; nothing is left half-done (every action is taken synchronously).
+        A timer callback, not a task: settling a message costs no wake-up, and a new, earlier
+        deadline only moves the timer.
         """
-        task_status.started()
-        protocol = self.protocol
-        while True:
-            deadline = self._planned = protocol.next_deadline()
-            self._kick.clear()
-            if deadline is None:
-                await self._kick.wait()
-            else:
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    try:
-                        async with asyncio.timeout(delay):
-                            await self._kick.wait()
-                    except TimeoutError:
-                        pass
-            protocol.tick(_now())
-            self._perform()
+        deadline = self.protocol.next_deadline()
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # it fires early enough; _on_timer arms the next one
+            timer.cancel()
+        # asyncio's loop clock is time.monotonic(), the clock the protocol is given
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.protocol.tick(_now())
+        self._perform()
+
+    def stop(self) -> None:
+        """Stop the timers (at shutdown; nothing is resent afterwards)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _perform(self, *, inline: str | None = None, inline_ack: bool = False) -> Post | None:
         """Perform the protocol's actions; returns one POST unstarted for the caller to await
         itself (saving a task): the first of message ``inline``, or the first ack."""
         keep: Post | None = None
-        for action in self.protocol.take_actions():
+        actions = self.protocol.take_actions()
+        # wake waiters first: a POST started before them would run ahead of the analysis
+        actions.sort(key=_later_if_io)
+        for action in actions:
             if isinstance(action, Post):
                 if keep is None and (
                     (inline is not None and action.message_id == inline)
@@ -255,9 +271,7 @@ class BrokerService:
                     self._tg.start_soon(self._post_spawned, action)
             else:
                 self._performers[type(action)](action)
-        planned, deadline = self._planned, self.protocol.next_deadline()
-        if deadline is not None and (planned is None or deadline < planned):
-            self._kick.set()
+        self._schedule()
         return keep
 
     def _wake(self, action: Wake) -> None:

@@ -218,7 +218,7 @@ class FlameSDK:
             task_group=tg,
             settings=self._settings,
         )
-        await tg.start(broker.run)
+        stack.callback(broker.stop)  # after the steps below: no resend once the end began
         self._broker_ready.set_result(broker)
         stack.push_async_callback(self._drain, broker)  # after telling the peers: acks out
         stack.push_async_callback(self._tell_peers, broker)

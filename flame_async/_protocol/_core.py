@@ -167,8 +167,22 @@ class NodeProtocol:
         heapq.heappush(self._timers, (when, self._timer_count, kind, key))
 
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` has something to do next (monotonic seconds), if ever."""
-        return self._timers[0][0] if self._timers else None
+        """When :meth:`tick` has something to do next (monotonic seconds), if ever.
+
+        Timers of sends that have settled (the usual case: acked long before their resend
+        or deadline) are dropped here, so nobody wakes up for them.
+        """
+        timers = self._timers
+        while timers and self._stale(*timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def _stale(self, when: float, _: int, kind: str, key: str) -> bool:
+        if kind == _SEND:
+            out = self.outbox.sending.get(key)
+            return out is None or when not in (out.deadline, out.due)
+        stream = self._streams.get(key)
+        return stream is None or not stream.held
 
     def tick(self, now: Instant) -> None:
         """Do what is due: resends, send deadlines, gaps that waited long enough."""

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -110,11 +110,15 @@ class _AiohttpResponse(Response):
     def __init__(self, raw: aiohttp.ClientResponse, where: tuple[str, str, str]) -> None:
         super().__init__(
             raw.status,
-            headers={k: v for k, v in raw.headers.items()},  # noqa: C416 - CIMultiDict to dict
+            headers=raw.headers,  # case-insensitive already: no copy
             content_length=raw.content_length,
         )
         self._raw = raw
         self._where = where  # service, method, url
+
+    def release(self) -> None:
+        """Give the connection back to the pool."""
+        self._raw.release()
 
     def _failed(self, exc: BaseException) -> TransportError:
         service, method, url = self._where
@@ -162,6 +166,30 @@ class _AiohttpResponse(Response):
             return await self._raw.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._failed(exc) from exc
+
+
+class _Exchange:
+    """One request's lifetime as an async context manager (a class: the message hot path)."""
+
+    __slots__ = ("_request", "_response", "_transport")
+
+    def __init__(self, transport: AiohttpTransport, request: Request) -> None:
+        self._transport = transport
+        self._request = request
+        self._response: _AiohttpResponse | None = None
+
+    async def __aenter__(self) -> Response:
+        self._response = await self._transport._send(self._request)
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            self._response.release()
 
 
 class AiohttpTransport:
@@ -249,18 +277,20 @@ class AiohttpTransport:
                 self._urls[path] = url
         return url
 
-    @asynccontextmanager
-    async def open(self, request: Request) -> AsyncIterator[Response]:
+    def open(self, request: Request) -> AbstractAsyncContextManager[Response]:
         """Send ``request``; the response is open (its connection held) inside the block.
 
         Raises:
-            ServiceUnavailable: The gateway could not be reached.
-            RequestTimeout: No answer in time.
-            SDKStateError: The transport is not entered.
+            ServiceUnavailable: (entering) The gateway could not be reached.
+            RequestTimeout: (entering) No answer in time.
+            SDKStateError: (entering) The transport is not entered.
 
         Cancellation:
             The request is abandoned and its connection released.
         """
+        return _Exchange(self, request)
+
+    async def _send(self, request: Request) -> _AiohttpResponse:
         session = self._session
         if session is None:
             raise SDKStateError("the transport is not open (enter it with 'async with')")
@@ -269,23 +299,19 @@ class AiohttpTransport:
             if request.query_string
             else self._url(request.path)
         )
-        body = aiohttp_data(request.body)
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
         try:
             raw = await session.request(
                 request.method,
                 url,
-                data=body,
+                data=aiohttp_data(request.body),
                 headers=request.headers,
                 timeout=timeout,
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _translate(exc, request.service, request.method, str(url)) from exc
-        try:
-            yield _AiohttpResponse(raw, (request.service, request.method, str(url)))
-        finally:
-            raw.release()
+        return _AiohttpResponse(raw, (request.service, request.method, str(url)))
 
     async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
         """Serve ``handler`` over HTTP on the API address (or the handed-over socket).

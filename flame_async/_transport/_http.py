@@ -38,9 +38,17 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 _FILE_CHUNK: Final = 1 << 20
 
 
-def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """``headers`` with lower-case names (the one spelling used inside the project)."""
-    return {k.lower(): v for k, v in headers.items()} if headers else {}
+def lower_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """``headers`` for lookups by lower-case name (the one spelling used in the project).
+
+    A plain ``dict`` is copied with its names lower-cased; any other mapping (aiohttp's
+    case-insensitive ones) is used as it is, without copying.
+    """
+    if not headers:
+        return {}
+    if type(headers) is dict:
+        return {k.lower(): v for k, v in headers.items()}
+    return headers
 
 
 class FormPart(Protocol):
@@ -167,7 +175,8 @@ class Request:
         path: The path as sent on the wire (percent-encoded), starting with ``/``, no query.
         query_string: The query as sent on the wire (percent-encoded, without ``?``); a FHIR
             search, for one, travels verbatim. :attr:`query` has it decoded.
-        headers: Header fields, names in lower case.
+        headers: Header fields; look them up by lower-case name (inbound they may be a
+            case-insensitive mapping, outbound a dict with lower-case names).
         body: The body.
         service: Which node service this is for (named in errors), outbound only.
         timeout: Seconds for the whole exchange; None for no limit (outbound only).
@@ -251,7 +260,7 @@ class Response:
     Args:
         status: The HTTP status.
         body: The body.
-        headers: Header fields (names are lower-cased).
+        headers: Header fields, looked up by lower-case name (see :func:`lower_headers`).
         content_length: The body size when known (taken from ``bytes`` bodies automatically).
         on_close: Called once when the response is closed (e.g. to release a connection).
     """

@@ -107,7 +107,7 @@ async def to_request(request: web.Request) -> Request:
         request.method,
         request.rel_url.raw_path,
         query_string=request.rel_url.raw_query_string,
-        headers={k.lower(): v for k, v in request.headers.items()},
+        headers=request.headers,  # case-insensitive already: no copy
         body=body,
     )
 
@@ -146,8 +146,7 @@ async def write_response(response: Response, request: web.Request) -> web.Stream
         The answer is cut off; a file body counts as not delivered.
     """
     body = response.body
-    headers = dict(response.headers)
-    headers.pop("content-length", None)
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
     if isinstance(body, bytes):
         return web.Response(status=response.status, body=body, headers=headers)
     if isinstance(body, FileBody):

@@ -47,7 +47,7 @@ class _HttpAnswer(Response):
     def __init__(self, raw: aiohttp.ClientResponse) -> None:
         super().__init__(
             raw.status,
-            headers={k: v for k, v in raw.headers.items()},  # noqa: C416 - CIMultiDict to dict
+            headers=raw.headers,  # case-insensitive already: no copy
             content_length=raw.content_length,
         )
         self._raw = raw

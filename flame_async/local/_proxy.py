@@ -69,7 +69,7 @@ class AnalysisProxy:
             request.method,
             request.path[len("/analysis") :] or "/",
             query_string=request.query_string,
-            headers={k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP},
+            headers={k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP},
             body=request.body,
         )
         stack = AsyncExitStack()
@@ -90,7 +90,7 @@ class AnalysisProxy:
         headers = {
             k: v
             for k, v in answer.headers.items()
-            if k not in _HOP_BY_HOP and k != "content-length"
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
         }
         return Response(
             answer.status,
