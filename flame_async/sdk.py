@@ -411,7 +411,8 @@ class FlameSDK:
 
     @property
     def api_port(self) -> int | None:
-        """The port the node API listens on (useful when configured as 0)."""
+        """The port the node API listens on (useful when configured as 0); None before start
+        and on a transport without sockets (in memory)."""
         return self._running.api_port if self._running else None
 
     @property
