@@ -28,14 +28,14 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PY)
 def tests(session: nox.Session) -> None:
     """The test suite (the same command .ci/run uses)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,test-torch,docs]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
     """Benchmarks; each writes JSON with a raw-aiohttp baseline measured in the same run."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,test-torch]")
     session.run("python", "benchmarks/messaging.py", "--json", "benchmarks/results/messaging.json")
     session.run("python", "benchmarks/results.py", "--json", "benchmarks/results/results.json")
 

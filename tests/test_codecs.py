@@ -33,6 +33,11 @@ from flame_async.codecs import (
 )
 from flame_async.errors import CodecError, InvalidArgument, MissingExtra, PickleNotAllowed
 
+# Why the optional-library tests skip; they run where the `test` and `test-torch` extras are
+# installed (as in CI), everything else runs without torch and safetensors.
+NO_TORCH = "torch is not importable: pip install -e '.[test-torch]' to test the tensor codecs"
+NO_SAFETENSORS = "safetensors is not importable: pip install -e '.[test]' to check its files"
+
 
 def roundtrip(value: object, **kwargs: Any) -> Any:
     return decode(encode(value, **kwargs).to_bytes(), **kwargs)
@@ -453,7 +458,7 @@ def assert_tree_equal(got: Any, expected: Any) -> None:
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
         return
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=NO_TORCH)
     assert isinstance(got, torch.Tensor)
     assert got.dtype == expected.dtype
     assert got.shape == expected.shape
@@ -483,7 +488,7 @@ def test_nested_dict_of_numpy_arrays_round_trips() -> None:
 
 
 def test_dict_of_numpy_arrays_final_file_loads_with_safetensors() -> None:
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy", reason=NO_SAFETENSORS)
     tree = array_tree()
     encoded = encode_final(tree)
     assert encoded.extension == ".safetensors"
@@ -504,7 +509,7 @@ def test_dict_of_numpy_arrays_final_file_loads_with_safetensors() -> None:
 
 
 def test_safetensors_written_by_the_library_decode_as_a_flat_dict() -> None:
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy", reason=NO_SAFETENSORS)
     tensors = {"a": np.arange(3, dtype=np.float32), "b.c": np.ones((2, 2), dtype=np.int8)}
     result = decode_final(safetensors_numpy.save(tensors), ".safetensors")
     assert set(result) == {"a", "b.c"}
@@ -569,7 +574,8 @@ def test_resource_type_must_be_a_string_to_count_as_fhir() -> None:
 
 @pytest.fixture
 def torch() -> Any:
-    return pytest.importorskip("torch")
+    """The torch module; the test is skipped, saying why, where torch is not importable."""
+    return pytest.importorskip("torch", reason=NO_TORCH)
 
 
 def test_torch_tensors_round_trip(torch: Any) -> None:
@@ -610,7 +616,7 @@ def test_nested_dict_of_torch_tensors_round_trips(torch: Any) -> None:
 
 
 def test_torch_final_file_loads_with_safetensors(torch: Any) -> None:
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch = pytest.importorskip("safetensors.torch", reason=NO_SAFETENSORS)
     tree = {"a": {"b": torch.ones(2, 2)}, "c": torch.arange(3)}
     encoded = encode_final(tree)
     assert encoded.extension == ".safetensors"
