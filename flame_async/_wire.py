@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, StrictS
 
 __all__ = [
     "ANNOUNCE_PATH",
+    "BLOCKED_PATH",
     "LOG_TYPES",
     "ApiAnnouncement",
+    "BlockReport",
     "BroadcastRequest",
     "DatastoreList",
     "HealthAnswer",
@@ -275,6 +277,16 @@ class PartnerStatusAnswer(_Wire):
 
 ANNOUNCE_PATH: Final = "/local-platform/node-api"
 """Local platform only: where a node tells its gateway which port its API got."""
+BLOCKED_PATH: Final = "/local-platform/node-blocked"
+"""Local platform only: where a node's watchdog says its event loop is blocked."""
+
+
+class BlockReport(_Wire):
+    """Local platform only: a node's event loop is (or was) blocked, and where."""
+
+    seconds: float = Field(ge=0)
+    location: str = ""
+    ongoing: bool = True
 
 
 class ApiAnnouncement(_Wire):

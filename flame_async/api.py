@@ -1,4 +1,4 @@
-"""The node's own REST API (PROTOCOL §5.2): ``/webhook``, ``/healthz``, ``/token_refresh``,
+"""The node's own REST API: ``/webhook``, ``/healthz``, ``/token_refresh``,
 ``/partner_status``.
 
 Reached by the broker and the PO through the gateway (``/analysis/...``). :meth:`NodeApi.handle`

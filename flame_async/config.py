@@ -144,6 +144,29 @@ class FlameConfig(BaseModel):
 
     Build it with :meth:`from_env` (the normal path) or directly in tests. Tokens are
     :class:`~pydantic.SecretStr` and never appear in ``repr`` or logs.
+
+    Attributes:
+        analysis_id: ``ANALYSIS_ID``: the analysis (the Hub's id).
+        project_id: ``PROJECT_ID``: the analysis' project.
+        deployment_name: ``DEPLOYMENT_NAME``: the node's deployment; its gateway is
+            ``http://nginx-{deployment_name}``.
+        keycloak_token: ``KEYCLOAK_TOKEN``: the bearer token for the broker, storage and PO
+            (replaced by ``/token_refresh``).
+        data_source_token: ``DATA_SOURCE_TOKEN``: the data proxy's key.
+        base_url: ``FLAME_BASE_URL``: the gateway's base URL (default from the deployment).
+        api_host: ``FLAME_API_HOST``: address the node API binds (default ``0.0.0.0``).
+        api_port: ``FLAME_API_PORT``: port the node API binds (default 8000; 0: any free one).
+        webhook_url: ``FLAME_WEBHOOK_URL``: where the broker posts this node's messages
+            (default ``{base_url}/analysis/webhook``).
+        partner_status_grace: ``FLAME_PARTNER_STATUS_GRACE``: seconds after start-up during
+            which partner statuses are ignored (default 100).
+        startup_timeout: ``FLAME_STARTUP_TIMEOUT``: seconds to wait for the gateway at start-up
+            (default 60).
+        request_timeout: Seconds one request to a node service may take (default 30).
+        max_api_body_bytes: Largest request body the node API accepts (default 16 MiB).
+        announce_api: ``FLAME_ANNOUNCE_API``: tell the local platform's gateway which port the
+            node API got (local platform only).
+        retry: How failed requests are retried.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -1,7 +1,7 @@
 """Data access: the node's data sources (hub-adapter listing) and FHIR / S3 clients.
 
 Everything goes through the node gateway's ``/kong`` route with the node's ``apikey``
-(PROTOCOL §4). FHIR searches follow ``next`` links; S3 objects can be streamed.
+(the node's data proxy). FHIR searches follow ``next`` links; S3 objects can be streamed.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 _KEY = re.compile(r"<Key>(.*?)</Key>", re.DOTALL)
+_NO_DATA_HINT = (
+    " (no data store is linked to this node; on the local platform give the nodes data with "
+    "'flame-async run ... --data DIR', DIR/<node>/fhir/ and DIR/<node>/s3/)"
+)
 
 
 class DataSourceKind(StrEnum):
@@ -327,7 +331,9 @@ class DataService:
         for candidate in self._sources or ():
             if source in (candidate.id, candidate.name):
                 return candidate
-        names = ", ".join(s.name for s in self._sources or ()) or "none on this node"
+        names = ", ".join(s.name for s in self._sources or ())
+        if not names:
+            raise UnknownDataSource(f"no data source {source!r}: this node has none{_NO_DATA_HINT}")
         raise UnknownDataSource(f"no data source {source!r}; available: {names}")
 
     def client(self, source: DataSource | str) -> FhirClient | S3Client:
@@ -348,7 +354,12 @@ class DataService:
     def _of_kind(self, kind: DataSourceKind) -> list[DataSource]:
         found = [s for s in self._sources or () if s.kind is kind]
         if not found:
-            raise UnknownDataSource(f"this node has no {kind.value} data source")
+            raise UnknownDataSource(
+                f"this node has no {kind.value} data source{_NO_DATA_HINT}"
+                if not self._sources
+                else f"this node has no {kind.value} data source (it has: "
+                f"{', '.join(s.name for s in self._sources)})"
+            )
         return found
 
     async def get_fhir_data(self, queries: Iterable[str]) -> dict[str, list[dict[str, Any]]]:

@@ -193,8 +193,9 @@ class MissingExtra(FlameError, ImportError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{package} is needed for this but is not installed; "
-            f"run: pip install 'flame-async[{extra}]'"
+            f"{package} is needed for this but is not installed; install flame-async's "
+            f"'{extra}' extra (flame-async[{extra}] in requirements.txt, or "
+            f"pip install -e '.[{extra}]' in a clone)"
         )
 
 

@@ -3,8 +3,8 @@
 Values are encoded by :mod:`flame_async.codecs` (typed, self-describing, pickle only on opt-in).
 Uploads stream the encoded parts (views of the value's own memory for arrays) and downloads
 stream into one buffer, so a large result is not held twice beyond what decoding needs.
-Wire-compatible with flamesdk's storage use (PROTOCOL §3.4) and its ``intermediate_data``
-message (PROTOCOL §2.9).
+Wire-compatible with flamesdk's use of the storage service and its ``intermediate_data``
+message.
 """
 
 from __future__ import annotations

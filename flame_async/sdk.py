@@ -13,18 +13,21 @@ import dataclasses
 import logging
 import time
 import traceback
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 
 from ._jwt import TokenStore
 from ._protocol import ProtocolSettings, Rejection
 from ._transport import AiohttpTransport, GatewayClient, Transport, retry_call
-from ._wire import ANNOUNCE_PATH, ApiAnnouncement
+from ._watchdog import Block, LoopWatchdog
+from ._wire import ANNOUNCE_PATH, BLOCKED_PATH, ApiAnnouncement, BlockReport
 from .api import NodeApi
 from .broker import BrokerService, Handler, Receivers, discover, subscribe, unsubscribe
 from .config import FlameConfig, node_environ, node_transport
@@ -49,6 +52,32 @@ log = logging.getLogger("flame_async.sdk")
 
 _STARTING_HOLD: Final = 30.0
 """Seconds a webhook that arrives during start-up waits for discovery before it gets 503."""
+
+
+def _block_reporter(config: FlameConfig, tokens: TokenStore) -> Callable[[Block], None]:
+    """Tells the local platform's gateway, from the watchdog's thread, that the loop is stuck
+    (the loop itself cannot: it is the thing that is stuck). Best effort, bounded."""
+    url = config.base_url + BLOCKED_PATH
+    use_proxy = config.uses_platform_gateway
+
+    def report(block: Block) -> None:
+        body = BlockReport(
+            seconds=round(block.seconds, 1), location=block.location, ongoing=block.ongoing
+        ).wire()
+        request = urllib.request.Request(  # noqa: S310 - the node's own gateway, http(s) only
+            url,
+            data=orjson.dumps(body),
+            method="PUT",
+            headers={"Content-Type": "application/json", "Authorization": tokens.authorization()},
+        )
+        handlers = [] if use_proxy else [urllib.request.ProxyHandler({})]
+        try:
+            with urllib.request.build_opener(*handlers).open(request, timeout=0.5):
+                pass
+        except (OSError, ValueError):  # the gateway is gone or slow: the report is a bonus
+            pass
+
+    return report
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,17 +109,22 @@ class FlameSDK:
             :class:`~flame_async.AiohttpTransport` built from ``config`` when omitted (or what
             the local runner set up for this node), or e.g. a
             :class:`~flame_async.local.MemoryTransport`. The SDK enters and closes it.
-        status_sync: Partner statuses this node adopts from ``/partner_status`` (PROTOCOL §5.5).
+        status_sync: Partner statuses this node adopts from ``/partner_status`` (see "Partner
+            status" in the documentation's status page).
         ship_logs: Ship :attr:`logger` records (and status/progress) to the PO.
         log_level: Lowest level shipped to the PO.
         resend_initial: Seconds before an unacknowledged message is first sent again.
         gap_timeout: Longest time a received message is held back for an earlier one of the
             same sender that does not arrive (see docs/concepts/delivery.md).
         shutdown_timeout: Longest time the shutdown steps (status, log flush, unsubscribe) take.
+        block_warning: Seconds the event loop may be blocked (by code that does not await)
+            before the node logs where, once per place; None turns the watchdog off.
         aggregator_requires_data: Load data sources on the aggregator too (analyzer nodes
             always load them).
 
     Raises:
+        SDKStateError: (on enter) Entered twice, or on an event loop that is not asyncio's
+            (trio: aiohttp needs asyncio).
         ConfigError: (on enter) The environment is missing variables or has malformed ones.
         StartupError: (on enter) The gateway never answered, or the API port cannot be bound.
         TransportError: (on enter) The broker refused the subscription or participant lookup.
@@ -107,6 +141,7 @@ class FlameSDK:
         resend_initial: float = 1.0,
         gap_timeout: float = 5.0,
         shutdown_timeout: float = 10.0,
+        block_warning: float | None = 1.0,
         aggregator_requires_data: bool = False,
     ) -> None:
         self._config_arg = config
@@ -115,6 +150,10 @@ class FlameSDK:
         self._log_level = log_level
         self._settings = ProtocolSettings(resend_initial=resend_initial, gap_timeout=gap_timeout)
         self._shutdown_timeout = shutdown_timeout
+        self._block_warning = block_warning
+        self._blocked_at: set[str] = set()
+        self.blocks: list[Block] = []
+        """Times this node's event loop was blocked for longer than ``block_warning``."""
         self._aggregator_requires_data = aggregator_requires_data
         self._state: Literal["new", "starting", "open", "closed"] = "new"
         self._running: _Running | None = None
@@ -136,6 +175,14 @@ class FlameSDK:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise SDKStateError("a FlameSDK can be entered once; create a new one")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio, or no event loop at all
+            raise SDKStateError(
+                "flame-async runs on asyncio (its HTTP library, aiohttp, needs it), and no "
+                "asyncio event loop is running (trio?); start the analysis with "
+                "asyncio.run(main()) or anyio.run(main)"
+            ) from None
         self._state = "starting"
         try:
             config = self._config_arg or FlameConfig.from_env(node_environ())
@@ -162,7 +209,7 @@ class FlameSDK:
         await self._stack.aclose()  # each step shields itself (the task group cannot be)
 
     async def _start(self, stack: AsyncExitStack, config: FlameConfig) -> _Running:
-        """Start-up in PROTOCOL §6.1 order, except that the API listens before subscribing.
+        """Start-up in flamesdk's order, except that the API listens before subscribing.
 
         Each step registers its own undoing on ``stack``; unwinding it (LIFO) tells the peers,
         deletes the subscription, ships the last logs, stops the background tasks and closes
@@ -237,16 +284,60 @@ class FlameSDK:
             stack.callback(self.logger.removeHandler, self.log_handler)
             if self.logger.level == logging.NOTSET:  # else INFO is dropped under root's WARNING
                 self.logger.setLevel(self._log_level)
+        if self._block_warning is not None:
+            watchdog = LoopWatchdog.for_loop(self._block_warning)
+            reporter = _block_reporter(config, gateway.tokens) if config.announce_api else None
+            token = watchdog.subscribe(self._on_block, reporter)
+            stack.callback(watchdog.unsubscribe, token)
         self.status.set_status(RunStatus.EXECUTING)
         log.debug(
             "node %s joined analysis %s as %s", broker.node_id, config.analysis_id, broker.role
         )
         return _Running(config, gateway, tg, api, api_port, broker, results, data)
 
+    def _on_block(self, block: Block) -> None:
+        """The event loop ran nothing for a while: say where (once per place)."""
+        running = self._running
+        if running is None or (block.node and block.node != running.broker.node_id):
+            return  # another node's code, on the loop this node shares
+        self.blocks.append(block)
+        if running.config.announce_api:  # the local platform: tell it the block is over
+            running.task_group.start_soon(self._report_block, running.gateway, block)
+        if block.location in self._blocked_at:
+            return
+        self._blocked_at.add(block.location)
+        where = f" at {block.location}" if block.location else ""
+        self.logger.warning(
+            "the event loop was blocked for %.1f s%s: nothing else of this node ran meanwhile "
+            "(messages, acknowledgements, its API). Run blocking or CPU-heavy work off the "
+            "loop, e.g. 'await asyncio.to_thread(work, ...)'",
+            block.seconds,
+            where,
+        )
+
+    @staticmethod
+    async def _report_block(gateway: GatewayClient, block: Block) -> None:
+        report = BlockReport(
+            seconds=round(block.seconds, 1), location=block.location, ongoing=False
+        )
+        try:
+            await gateway.request(
+                "PUT",
+                BLOCKED_PATH,
+                service="gateway",
+                json=report.wire(),
+                expect=(200, 204),
+                retry=False,
+                timeout=2,
+            )
+        except TransportError as exc:
+            log.debug("could not report the blocked loop: %s", exc)
+
     def _final_status(self, exc: BaseException | None) -> None:
         """Set the run status from how the block ended; the exit steps read the reason."""
         self._closing_by = time.monotonic() + self._shutdown_timeout
         if exc is None:
+            self.status.progress.update(1.0)  # the analysis is done, whatever it reported
             self.status.set_status(RunStatus.EXECUTED, force=True)
         elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
             self.status.set_status(RunStatus.STOPPED, cause="cancelled", force=True)

@@ -1,4 +1,4 @@
-"""Run status, progress and log shipping to the pod orchestrator (PROTOCOL §5.1, §5.5)."""
+"""Run status, progress and log shipping to the pod orchestrator, and partner-status sync."""
 
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ class StatusService:
     """Run status, progress, partner-status sync and the log queue of one node.
 
     Args:
-        status_sync: Partner statuses this node adopts (PROTOCOL §5.5).
+        status_sync: Partner statuses this node adopts (the pod orchestrator forwards the
+            other nodes' statuses; with the defaults one executed, stopped or failed partner
+            ends this node too).
         grace: Seconds after start during which ``/partner_status`` is ignored.
         queue_size: Most log records held for shipping.
     """
@@ -189,7 +191,12 @@ class StatusService:
         self._started_at = now
 
     def partner_status(self, statuses: Mapping[str, str | None], now: float) -> RunStatus:
-        """Apply a PO ``/partner_status`` push (PROTOCOL §5.5) and return the own status."""
+        """Apply a PO ``/partner_status`` push and return the own status.
+
+        Ignored during the grace period after start; then the first of executed, stopped,
+        failed (in that order) that a partner reports and ``status_sync`` lists is adopted,
+        unless this node already ended.
+        """
         if self._started_at is None or now - self._started_at < self.grace:
             return self.status
         if self.status.is_terminal:

@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from yarl import URL
 
 from .._transport import Handler, Request, Response, aiohttp_data
+from .._wire import BlockReport
 from ._node import LocalNode
 from ._tokens import TokenIssuer
 
@@ -103,6 +104,8 @@ class PlatformCore:
         self.issuer = issuer
         self.session = session
         self._task_group = task_group
+        self.blocked: dict[str, BlockReport] = {}
+        """The last blocked-loop report of each node (nodes in other processes send them)."""
         self.closed = False
         """Set when the platform exits: in-memory requests then fail like refused connections."""
         self.gateways: dict[str, Handler] = {}

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from .._transport import AiohttpTransport, Request, Response, Transport
-from .._wire import ANNOUNCE_PATH, ApiAnnouncement
+from .._wire import ANNOUNCE_PATH, BLOCKED_PATH, ApiAnnouncement, BlockReport
 from ..config import FlameConfig
 from ..errors import FlameError, InvalidArgument
 from ._broker import BrokerService
@@ -93,9 +93,21 @@ class _PlatformAdmin:
             logger.debug("the API of %s listens on port %d", node.node_id, port)
             return Response(204)
 
+        async def blocked(call: Call) -> Response:
+            body = await read_json_object(call)
+            if isinstance(body, Response):
+                return body
+            try:
+                report = BlockReport.model_validate(body)
+            except ValidationError:
+                return detail_response(422, "the body must be a block report")
+            self._core.blocked[node.node_id] = report
+            return Response(204)
+
         core = self._core
         return [
-            Route("PUT", ANNOUNCE_PATH, require_bearer(announce, core.issuer, core.analysis_id))
+            Route("PUT", ANNOUNCE_PATH, require_bearer(announce, core.issuer, core.analysis_id)),
+            Route("PUT", BLOCKED_PATH, require_bearer(blocked, core.issuer, core.analysis_id)),
         ]
 
 
@@ -497,6 +509,15 @@ class LocalPlatform:
         return AiohttpTransport.from_config(
             config or core.nodes[node_id].config(), api_socket=self.bind_api(node_id)
         )
+
+    def blocked(self, node_id: str) -> BlockReport | None:
+        """What ``node_id`` last reported about its event loop being blocked (nodes in their
+        own processes report it from a watchdog thread), or None.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+        """
+        return self._run.core.blocked.get(node_id)
 
     def api_port(self, node_id: str) -> int | None:
         """The port ``node_id``'s API listens on, once known (None in memory, or before).

@@ -117,3 +117,10 @@ async def test_use_outside_the_block_is_refused() -> None:
     flame = FlameSDK()
     with pytest.raises(SDKStateError, match="async with"):
         flame.get_participants()
+
+
+def test_another_event_loop_than_asyncio_gets_a_clear_error() -> None:
+    """trio (or no loop at all): a clear error before anything starts, not aiohttp's."""
+    coroutine = FlameSDK().__aenter__()
+    with pytest.raises(SDKStateError, match=r"runs on asyncio .* \(trio\?\)"):
+        coroutine.send(None)  # driven by hand: no asyncio event loop is running

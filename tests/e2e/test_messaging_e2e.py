@@ -218,3 +218,18 @@ async def test_analysis_finished_reaches_peers(transport: str) -> None:
         await b.wait_until_finished(timeout=5)
         with pytest.raises(PeerFailed):
             await b.await_message(a.node_id, timeout=5)
+
+
+async def test_none_as_receivers_means_every_other_node(transport: str) -> None:
+    """The how-to's ``send_message(None, ...)``, and the same for intermediate results."""
+    async with running(3, transport=transport) as (_, (a, b, c)):
+        report = await a.send_message(None, {"model": 1}, category="model")
+        assert sorted(report.acked) == sorted([b.node_id, c.node_id]) and report.ok
+        for peer in (b, c):
+            message = await peer.await_message(a.node_id, category="model", timeout=10)
+            assert message.data == {"model": 1}
+        sent = await a.send_intermediate_result(None, {"weights": [1, 2, 3]})
+        assert sent.ok and len(sent.acked) == 2
+        for peer in (b, c):
+            value = await peer.await_intermediate_result(a.node_id, timeout=10)
+            assert value == {"weights": [1, 2, 3]}
