@@ -146,9 +146,12 @@ async def load_table(flame: FlameSDK) -> Table:
     for key in TABLE_KEYS:
         if key in available:
             raw = io.BytesIO(await s3.get(key))
-            frame = pd.read_parquet(raw) if key.endswith(".parquet") else pd.read_csv(raw)
+            read = pd.read_parquet if key.endswith(".parquet") else pd.read_csv
+            # parsing and number crunching run in a worker thread: the event loop stays free
+            # for messages, acknowledgements and the node's API (and so do the fits below)
+            frame = await asyncio.to_thread(read, raw)
             flame.logger.info("training on %d rows of %s", len(frame), key)
-            return design_matrix(frame)
+            return await asyncio.to_thread(design_matrix, frame)
     raise RuntimeError(f"node {flame.node_id} has none of {', '.join(TABLE_KEYS)}")
 
 
@@ -164,7 +167,9 @@ async def analyzer(flame: FlameSDK) -> dict[str, Any]:
     while True:
         model = await flame.await_intermediate_result(aggregator, category=MODEL, timeout=TIMEOUT)
         done = bool(model["done"])
-        update = local_update(np.asarray(model["weights"]), table, train=not done)
+        update = await asyncio.to_thread(
+            local_update, np.asarray(model["weights"]), table, train=not done
+        )
         await flame.send_intermediate_result(aggregator, update.to_arrays(), category=UPDATE)
         flame.progress.update(min(1.0, int(model["round"]) / (ROUNDS + 1)))
         if done:
@@ -184,8 +189,8 @@ async def federated_round(
         "done": np.array(done, dtype=np.bool_),
     }
     await flame.send_intermediate_result(peers, model, category=MODEL)
-    # the aggregator's own update, computed while the analyzers work on theirs
-    updates = {flame.node_id: local_update(weights, table, train=not done)}
+    # the aggregator's own update, computed (off the loop) while the analyzers work on theirs
+    updates = {flame.node_id: await asyncio.to_thread(local_update, weights, table, train=not done)}
     answers = await flame.await_intermediate_results(peers, category=UPDATE, timeout=TIMEOUT)
     missing = sorted(node for node, answer in answers.items() if answer is None)
     if missing:

@@ -32,7 +32,7 @@ from ..errors import (
     TransportError,
 )
 from ._http import Body, Buffer, Handler, Multipart, Request, Response
-from ._server import serve_handler
+from ._server import NodeApiMount, serve_handler
 
 if TYPE_CHECKING:
     from ..config import FlameConfig
@@ -203,6 +203,9 @@ class AiohttpTransport:
             transport takes it over and closes it.
         trust_env: Honour ``HTTP_PROXY`` and friends (what a container on the platform needs).
         connections: Most connections kept open at once.
+        api: Serve the node API through these routes of your own aiohttp application
+            (:func:`flame_async.embed.mount_node_api`) instead of a server of its own; the
+            address options are then unused.
     """
 
     def __init__(
@@ -214,8 +217,10 @@ class AiohttpTransport:
         api_socket: socket.socket | None = None,
         trust_env: bool = False,
         connections: int = 256,
+        api: NodeApiMount | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
+        self._mount = api
         self._api_host = api_host
         self._api_port = api_port
         self._api_socket = api_socket
@@ -226,14 +231,20 @@ class AiohttpTransport:
 
     @classmethod
     def from_config(
-        cls, config: FlameConfig, *, api_socket: socket.socket | None = None
+        cls,
+        config: FlameConfig,
+        *,
+        api_socket: socket.socket | None = None,
+        api: NodeApiMount | None = None,
     ) -> AiohttpTransport:
-        """The transport a node with ``config`` uses (its gateway, its API address)."""
+        """The transport a node with ``config`` uses (its gateway, its API address, or the
+        routes of your application that ``api`` mounted)."""
         return cls(
             config.base_url,
             api_host=config.api_host,
             api_port=config.api_port,
             api_socket=api_socket,
+            api=api,
             # honour HTTP_PROXY & co. only where the platform's nginx name is used
             trust_env=config.uses_platform_gateway,
         )
@@ -322,6 +333,14 @@ class AiohttpTransport:
         Cancellation:
             Closes the listening socket and open connections (shielded, bounded).
         """
+        if self._mount is not None:  # the host application serves the routes
+            self._mount.attach(handler)
+            try:
+                task_status.started(None)
+                await anyio.sleep_forever()
+            finally:
+                self._mount.detach()
+            return
         sock, self._api_socket = self._api_socket, None
         await serve_handler(
             handler,

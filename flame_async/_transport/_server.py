@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 from ..errors import StartupError
 from ._http import Body, Buffer, FileBody, Form, FormPart, Handler, Request, Response
 
-__all__ = ["aiohttp_app", "serve_handler", "to_request", "write_response"]
+__all__ = ["NodeApiMount", "aiohttp_app", "serve_handler", "to_request", "write_response"]
 
 log = logging.getLogger("flame_async.transport")
 
@@ -159,6 +159,67 @@ async def write_response(response: Response, request: web.Request) -> web.Stream
         await stream.write(chunk)
     await stream.write_eof()
     return stream
+
+
+NODE_API_PATHS: Final = ("/webhook", "/healthz", "/token_refresh", "/partner_status")
+
+
+class NodeApiMount:
+    """The node API's routes inside an aiohttp application of yours: no second server.
+
+    Create it before the application starts (aiohttp freezes its routes then), then give it to
+    the node's transport (``AiohttpTransport.from_config(config, api=mount)``): while the
+    ``FlameSDK`` runs, the four routes answer as the node API; before and after, they answer
+    503. On the FLAME platform the application must listen where the node API is expected
+    (port 8000, the routes at the root), since nginx forwards ``/analysis/*`` there.
+
+    Args:
+        app: The host application.
+        prefix: Where the routes go (``""``: ``/webhook`` at the root, as the platform wants).
+    """
+
+    def __init__(self, app: web.Application, *, prefix: str = "") -> None:
+        self.prefix = prefix.rstrip("/")
+        self._handler: Handler | None = None
+        for path in NODE_API_PATHS:
+            app.router.add_route("*", self.prefix + path, self._route)
+
+    @property
+    def attached(self) -> bool:
+        """True while a node API answers through the routes."""
+        return self._handler is not None
+
+    def attach(self, handler: Handler) -> None:
+        """Answer the routes with ``handler`` from now on.
+
+        Raises:
+            RuntimeError: Another node API is attached already.
+        """
+        if self._handler is not None:
+            raise RuntimeError("a node API is attached to these routes already")
+        self._handler = handler
+
+    def detach(self) -> None:
+        """Stop answering (the routes answer 503 again)."""
+        self._handler = None
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        handler = self._handler
+        if handler is None:
+            return web.json_response(
+                {"detail": "the FLAME node API is not running (FlameSDK not entered)"},
+                status=503,
+            )
+        ours = await to_request(request)
+        if self.prefix:
+            ours.path = ours.path[len(self.prefix) :] or "/"
+        response = await handler(ours)
+        if isinstance(response.body, FileBody):
+            return await write_response(response, request)
+        try:
+            return await write_response(response, request)
+        finally:
+            await response.aclose()
 
 
 def aiohttp_app(handler: Handler) -> web.Application:
