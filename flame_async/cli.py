@@ -6,15 +6,19 @@ import argparse
 import logging
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, NoReturn
 
 import anyio
 
+from ._failures import Failure, nodes_label
+from ._failures import group as group_failures
 from ._live import LiveView
 from ._version import __version__
 from .errors import FlameError
-from .runner import RunResult, run_script
+from .runner import NodeOutcome, RunResult, run_script
 
 __all__ = ["main"]
 
@@ -31,48 +35,83 @@ def _nodes(value: str) -> int | list[str]:
     return names
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
+    return seconds
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default (where it has one worth showing)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose mistakes are one line: what was wrong, and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"flame-async: error: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flame-async", description="Run FLAME analyses on a local multi-node platform."
+    parser = _Parser(
+        prog="flame-async",
+        description="Run FLAME analyses on a local multi-node platform.",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"flame-async {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run SCRIPT once per node on a local platform")
-    run.add_argument("script", type=Path, help="analysis file defining 'async def main()'")
-    run.add_argument(
-        "--nodes", type=_nodes, default=3, help="node count or names a,b,c (default 3)"
+    run = sub.add_parser(
+        "run", help="run SCRIPT once per node on a local platform", formatter_class=_Help
     )
+    run.add_argument("script", type=Path, help="analysis file defining 'async def main()'")
+    run.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
     run.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
     run.add_argument("--data", type=Path, help="data folder: DATA/<node>/fhir/, DATA/<node>/s3/")
-    run.add_argument("--out", type=Path, default=Path("flame-out"), help="output folder")
     run.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds before the run is stopped"
+        "--out",
+        type=Path,
+        default=Path("flame-out"),
+        help="output folder: new or empty (or holding an earlier run, with --force)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="replace the earlier run's outputs in --out"
+    )
+    run.add_argument(
+        "--timeout", type=_seconds, default=600.0, help="seconds before the run is stopped"
     )
     run.add_argument(
         "--mode",
         choices=("inprocess", "processes"),
         default="inprocess",
-        help="inprocess: one event loop, breakpoints work (default); processes: 'python SCRIPT' "
-        "per node, exactly what ships in the container",
+        help="inprocess: one event loop, breakpoints work; processes: 'python SCRIPT' per node, "
+        "exactly what ships in the container",
     )
     run.add_argument(
         "--transport",
         choices=("http", "memory"),
         default="http",
-        help="http: real HTTP on 127.0.0.1, the faithful one (default); memory: the same services "
-        "called in one event loop, no sockets (fast with many nodes; --mode inprocess only)",
+        help="http: real HTTP on 127.0.0.1, the faithful one; memory: the same services called "
+        "in one event loop, no sockets (fast with many nodes; --mode inprocess only)",
     )
     run.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
-    platform = sub.add_parser("platform", help="serve the local platform for your own processes")
+    platform = sub.add_parser(
+        "platform", help="serve the local platform for your own processes", formatter_class=_Help
+    )
     platform.add_argument("--nodes", type=_nodes, default=3, help="node count or names a,b,c")
     platform.add_argument("--aggregator", help="id of the aggregator node (default: the first)")
     platform.add_argument(
         "--data", type=Path, help="data folder: DATA/<node>/fhir/, DATA/<node>/s3/"
     )
-    platform.add_argument("--port", type=int, default=0, help="shared Host-routed port (0: any)")
+    platform.add_argument(
+        "--port", type=int, default=0, help="shared Host-routed port (0: any free one)"
+    )
     platform.add_argument("--out", type=Path, default=None, help="output folder")
 
     init = sub.add_parser("init", help="scaffold an analysis project in a new folder NAME")
@@ -80,36 +119,66 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(result: RunResult, timeout: float) -> None:
+_TABLE_ROWS = 20
+"""Runs with more nodes show counts and failure groups instead of a row per node."""
+
+
+def _summary(result: RunResult) -> None:
     print()
-    print(f"{'node':<16} {'role':<11} {'status':<9} {'seconds':>8}  result / error")
-    for o in result.outcomes:
-        shown = "" if o.result is None else repr(o.result)
-        if o.status == "failed":
-            shown = f"{o.error_type}: {o.error_message}".splitlines()[0]
-        if len(shown) > 70:
-            shown = shown[:67] + "..."
-        print(f"{o.node_id:<16} {o.role:<11} {o.status:<9} {o.seconds:>8.2f}  {shown}")
+    outcomes = result.outcomes
+    if len(outcomes) <= _TABLE_ROWS:
+        print(f"{'node':<16} {'role':<11} {'status':<9} {'seconds':>8}  result / error")
+        for o in outcomes:
+            shown = "" if o.result is None else repr(o.result)
+            if o.status == "failed":
+                shown = o.failure.headline()
+            if len(shown) > 70:
+                shown = shown[:67] + "..."
+            print(f"{o.node_id:<16} {o.role:<11} {o.status:<9} {o.seconds:>8.2f}  {shown}")
+    else:
+        counts = Counter(o.status for o in outcomes)
+        print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     if result.stop_reason:
         print(f"\nthe run was stopped: {result.stop_reason}")
-    for o in result.outcomes:
-        if o.waiting_for and (result.timed_out or o.status == "stopped"):
-            print(f"  {o.node_id} was waiting for: " + "; ".join(o.waiting_for))
-    for o in result.root_causes:
-        print(f"\n--- node {o.node_id} failed: {o.error_type}: {o.error_message}")
-        print(o.traceback.rstrip())
-    others = [o for o in result.outcomes if o.status == "failed" and o not in result.root_causes]
-    for o in others:
-        print(f"\n--- node {o.node_id} failed in consequence: {o.error_message}")
+    for o in outcomes:
+        for line in o.blocked:
+            print(f"  {line}: run blocking or CPU-heavy work with 'await asyncio.to_thread(...)'")
+    waiting = [o for o in outcomes if o.waiting_for and (result.timed_out or o.status == "stopped")]
+    for group in _group_waits(waiting):
+        print(f"  {group}")
+    roots = result.root_causes
+    for failures in group_failures((o.node_id, o.failure) for o in roots):
+        print(f"\n--- {failures.who()} failed: {failures.failure.headline()}")
+        if failures.failure.traceback:
+            print(failures.failure.traceback)
+    others = [o for o in outcomes if o.status == "failed" and o not in roots]
+    # consequences differ only in where each node waited: one line per distinct message
+    same = ((o.node_id, Failure(o.error_type, o.error_message, "", "")) for o in others)
+    for failures in group_failures(same):
+        print(f"\n--- {failures.who()} failed in consequence: {failures.failure.message}")
+
+
+def _group_waits(outcomes: list[NodeOutcome]) -> list[str]:
+    by_wait: dict[str, list[str]] = {}
+    for o in outcomes:
+        by_wait.setdefault("; ".join(o.waiting_for), []).append(o.node_id)
+    lines = []
+    for what, nodes in by_wait.items():
+        who = nodes_label(nodes)
+        lines.append(f"{who} {'was' if len(nodes) == 1 else 'were'} waiting for: {what}")
+    return lines
 
 
 async def _run(args: argparse.Namespace) -> int:
     count = args.nodes if isinstance(args.nodes, int) else len(args.nodes)
-    print(
-        f"running {args.script} on {count} nodes ({args.mode}, {args.transport}); outputs in "
-        f"{args.out}",
-        flush=True,
-    )
+
+    def started() -> None:  # printed once every check passed
+        print(
+            f"running {args.script} on {count} nodes ({args.mode}, {args.transport}); outputs "
+            f"in {args.out}",
+            flush=True,
+        )
+
     view = LiveView(rich=False if args.plain else None)
     try:
         result = await run_script(
@@ -122,10 +191,12 @@ async def _run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             timeout=args.timeout,
             observer=view,
+            force=args.force,
+            on_start=started,
         )
     finally:
         view.close()
-    _summary(result, args.timeout)
+    _summary(result)
     done = len(result.outcomes) - len(result.failed)
     print(f"\n{'ok' if result.ok else 'FAILED'}: {done} of {len(result.outcomes)} nodes executed")
     finals = result.record.get("final_results") or []
@@ -160,14 +231,29 @@ async def _platform(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LineFormat(logging.Formatter):
+    """flame-async's own log lines in the live view's layout: ``[source] level text``."""
+
+    _LEVELS: ClassVar[dict[str, str]] = {"WARNING": "warn", "CRITICAL": "crit"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = self._LEVELS.get(record.levelname, record.levelname.lower())
+        source = record.name.removeprefix("flame_async.")
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return f"[{source}] {level:<5} {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flame-async`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        # analysis loggers have their own level (INFO, for the PO); the live view shows those
-        handler.setLevel(level)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LineFormat())
+    # analysis loggers have their own level (INFO, for the PO); the live view shows those
+    handler.setLevel(level)
+    logging.basicConfig(level=level, handlers=[handler])
     try:
         if args.command == "init":
             from ._scaffold import scaffold
@@ -175,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             created = scaffold(args.name)
             print(f"created {args.name}/ with: " + ", ".join(sorted(str(p) for p in created)))
             print(
-                f"next: cd {args.name} && pytest   (then: flame-async run analysis.py --data data)"
+                f"next: cd {args.name} and follow its README (a flame-async wheel into wheels/, "
+                "a venv with requirements-dev.txt, then pytest)"
             )
             return 0
         if args.command == "run":

@@ -10,10 +10,19 @@ The page shows a header with the overall outcome, the per-node summary table (tr
 nodes in ``<details>``), a swim-lane timeline of every broker delivery between nodes, each node's
 progress over time and the last log lines per node.
 
+The node(s) whose own failure ended the run are marked "root cause" (header, summary row and
+lane); nodes that failed only because a peer had failed are marked "in consequence". Copies
+dropped because their recipient had already ended (acks and ``analysis_finished`` copies to nodes
+that had left) are counted apart from lost ones and drawn grey: only drops to nodes that were
+still running are shown as problems (red). A node that ended ``executed`` is shown at 100 %
+whatever it last reported.
+
 Rendering is tolerant on purpose: the report is written at the end of every run, including runs
 that failed or timed out half-way, so a missing or malformed field renders as "—" instead of
 raising. Stable hooks for tests and tooling: ``#summary``, ``#timeline``, ``#progress``, ``#logs``,
-``.node-row[data-node]``, ``.lane[data-node]`` and ``.msg`` (one per drawn message).
+``.node-row[data-node]``, ``.lane[data-node]``, ``.msg`` (one per drawn message; dropped ones also
+``.drop``, and ``.ended`` when their recipient had ended), ``.root-cause`` and ``.consequence``
+(rows and lanes of failed nodes).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +49,9 @@ _RESULT_CHARS: Final = 160  # a result repr is cut here in the table (full text 
 _LABEL_CHARS: Final = 18  # lane and legend labels are cut here (full id in the tooltip)
 _LEGEND_OPEN: Final = 16  # a longer progress legend is folded into <details>
 _PALETTE_SIZE: Final = 8  # node colours --c0..--c7 in the CSS; they repeat beyond that
+_DASHES: Final = ("", "6 3", "2 2", "8 3 2 3")  # line styles: colour and dash tell nodes apart
+_SPREAD: Final = 3.0  # progress lines are offset this far apart (user units), so equal ones show
+_SPREAD_MAX: Final = 12.0  # ... within a band at most this high
 
 # Chart geometry in SVG user units; both charts share the x axis so their times line up.
 _LEFT: Final = 150.0
@@ -50,6 +62,7 @@ _AXIS_H: Final = 40.0
 _PROGRESS_H: Final = 200.0
 
 _DASH: Final = "—"
+_ENDED: Final = frozenset({"executed", "failed", "stopped"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +92,10 @@ def _items(value: object) -> list[Any]:
 
 def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _flag(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def _instant(value: object) -> datetime | None:
@@ -118,6 +135,13 @@ class _Node:
     waiting_for: list[str]
     start: float | None  # seconds since the run started
     end: float | None
+    root_cause: bool | None  # None: not recorded (older run.json); worked out in _Run.parse
+    consequential: bool | None
+
+    @property
+    def shown_progress(self) -> float | None:
+        """The progress to show: 100 for a node that ended ``executed``."""
+        return 100.0 if self.status == "executed" else self.progress
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], origin: datetime | None) -> _Node:
@@ -140,6 +164,8 @@ class _Node:
             waiting_for=[_text(w) for w in _items(raw.get("waiting_for"))],
             start=_offset(origin, raw.get("started")),
             end=_offset(origin, raw.get("ended")),
+            root_cause=_flag(raw.get("root_cause")),
+            consequential=_flag(raw.get("consequential")),
         )
 
 
@@ -154,6 +180,7 @@ class _Message:
     outcome: str
     attempts: int | None
     ack: bool
+    recipient_ended: bool | None  # a dropped copy whose recipient had ended (None: not recorded)
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> _Message | None:
@@ -170,11 +197,17 @@ class _Message:
             outcome=_text(raw.get("outcome"), "delivered"),
             attempts=_count(raw.get("attempts")),
             ack=raw.get("ack") is True,
+            recipient_ended=_flag(raw.get("recipient_ended")),
         )
 
     @property
     def dropped(self) -> bool:
         return self.outcome != "delivered"
+
+    @property
+    def lost(self) -> bool:
+        """Dropped while its recipient was still running: a problem."""
+        return self.dropped and not self.recipient_ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +268,8 @@ class _Run:
                     parsed.append(_LogLine(None, "", entry))
             logs[_text(node_id)] = parsed
 
+        nodes = _mark_failures(nodes)
+        messages = _mark_ended_recipients(messages, nodes)
         lanes = list(dict.fromkeys(n.node_id for n in nodes))
         known = set(lanes)
         for node_id in _chain_ids(messages, progress, logs):
@@ -255,6 +290,38 @@ class _Run:
     def colour(self, node_id: str) -> int:
         """The palette slot of a node (its lane index, wrapped)."""
         return self.index.get(node_id, 0) % _PALETTE_SIZE
+
+
+def _mark_failures(nodes: list[_Node]) -> list[_Node]:
+    """Nodes with ``root_cause``/``consequential`` set (as ``RunResult.root_causes`` when the
+    run does not record them: failures other than ``PeerFailed``, else every failure)."""
+    if all(n.root_cause is not None for n in nodes):
+        return [replace(n, consequential=bool(n.consequential)) for n in nodes]
+    failed = [n for n in nodes if n.status == "failed"]
+    own = {n.node_id for n in failed if n.error_type != "PeerFailed"} or {n.node_id for n in failed}
+    return [
+        replace(
+            n,
+            root_cause=n.node_id in own,
+            consequential=n.status == "failed" and n.node_id not in own,
+        )
+        for n in nodes
+    ]
+
+
+def _mark_ended_recipients(messages: list[_Message], nodes: list[_Node]) -> list[_Message]:
+    """Messages with ``recipient_ended`` set where the run does not record it: a dropped copy
+    sent at or after its recipient's end."""
+    ends = {n.node_id: n.end for n in nodes if n.end is not None and n.status in _ENDED}
+    marked = []
+    for message in messages:
+        if message.recipient_ended is not None:
+            marked.append(message)
+            continue
+        end = ends.get(message.recipient)
+        ended = message.dropped and end is not None and message.t >= end
+        marked.append(replace(message, recipient_ended=ended))
+    return marked
 
 
 def _chain_ids(
@@ -378,7 +445,8 @@ def _header(run: _Run) -> str:
     css, label = _outcome(raw)
     reason = _text(raw.get("stop_reason"))
     delivered = sum(1 for m in run.messages if not m.dropped)
-    dropped = len(run.messages) - delivered
+    lost = sum(1 for m in run.messages if m.lost)
+    to_ended = len(run.messages) - delivered - lost
     acks = sum(1 for m in run.messages if m.ack)
     traffic = sum(m.size or 0 for m in run.messages)
     started = _instant(raw.get("started"))
@@ -391,11 +459,39 @@ def _header(run: _Run) -> str:
         ("Nodes", _e(len(run.nodes))),
         (
             "Messages",
-            f"{delivered:,} delivered ({acks:,} acks)"
-            + (f', <span class="bad">{dropped:,} dropped</span>' if dropped else "")
+            f'<span id="messages-delivered">{delivered:,} delivered ({acks:,} acks)</span>'
+            + (
+                f', <span class="muted" id="messages-to-ended" title="copies dropped because '
+                "their recipient had already ended (acks and analysis_finished copies to nodes "
+                f'that had left): no failure">{to_ended:,} to nodes that had ended</span>'
+                if to_ended
+                else ""
+            )
+            + (
+                f', <span class="bad" id="messages-dropped" title="copies dropped while their '
+                f'recipient was still running: lost messages">{lost:,} dropped</span>'
+                if lost
+                else ""
+            )
             + f" · {_e(_bytes(traffic))}",
         ),
     ]
+    causes = [n for n in run.nodes if n.root_cause]
+    if causes:
+        shown = causes[:3]
+        more = f" and {len(causes) - len(shown)} more" if len(causes) > len(shown) else ""
+        facts.append(
+            (
+                "Root cause",
+                '<span id="root-cause">'
+                + "; ".join(
+                    f'<code class="bad">{_e(n.node_id)}</code>'
+                    + (f" {_e(_short(_error_line(n), 90))}" if _error_line(n) else "")
+                    for n in shown
+                )
+                + f"{_e(more)}</span>",
+            )
+        )
     dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
     stop = f'<span class="stop-reason">{_e(reason)}</span>' if reason else ""
     return (
@@ -408,6 +504,25 @@ def _header(run: _Run) -> str:
         '<a id="download-json" href="#" download="run.json">run.json</a></dd></div></dl>'
         "</header>"
     )
+
+
+def _error_line(node: _Node) -> str:
+    text = f"{node.error_type}: {node.error_message}" if node.error_message else node.error_type
+    return text.splitlines()[0] if text else ""
+
+
+def _cause_badge(node: _Node) -> str:
+    if node.root_cause:
+        return (
+            ' <span class="pill root-cause" title="failed on its own, not because a peer '
+            'failed">root cause</span>'
+        )
+    if node.consequential:
+        return (
+            ' <span class="pill consequence" title="failed only because a peer it waited on '
+            'had failed">in consequence</span>'
+        )
+    return ""
 
 
 def _summary(run: _Run) -> str:
@@ -447,7 +562,7 @@ def _summary(run: _Run) -> str:
 
 
 def _node_row(run: _Run, node: _Node) -> str:
-    percent = node.progress
+    percent = node.shown_progress
     bar = (
         f'<span class="bar" aria-hidden="true"><span style="width:{percent:.0f}%"></span></span>'
         f"{percent:.0f}%"
@@ -472,12 +587,14 @@ def _node_row(run: _Run, node: _Node) -> str:
             + "</span>"
         )
     status = _e(node.status)
+    marks = " root-cause" if node.root_cause else " consequence" if node.consequential else ""
     return (
-        f'<tr class="node-row status-{status}" data-node="{_e(node.node_id)}">'
+        f'<tr class="node-row status-{status}{marks}" data-node="{_e(node.node_id)}">'
         f'<th scope="row"><span class="swatch c{run.colour(node.node_id)}"></span>'
         f"<code>{_e(node.node_id)}</code></th>"
         f"<td>{_e(node.role or _DASH)}</td>"
-        f'<td><span class="pill {status}">{status}</span></td>'
+        f'<td class="status-cell"><span class="pill {status}">{status}</span>'
+        f"{_cause_badge(node)}</td>"
         f'<td class="num">{_e(_seconds(node.seconds))}</td>'
         f'<td class="progress-cell">{bar}</td>'
         f'<td class="num">{_int(node.messages_sent)}</td>'
@@ -491,15 +608,17 @@ def _node_row(run: _Run, node: _Node) -> str:
 def _sample(messages: list[_Message], limit: int) -> list[_Message]:
     """At most ``limit`` messages, in time order, chosen for what a reader needs most.
 
-    Every dropped message is kept, then data messages, then acks; the first kind that does not
-    fit whole is sampled at random with a fixed seed. A random sample, unlike every n-th message,
+    Every lost message (dropped while its recipient ran) is kept, then copies dropped to nodes
+    that had ended, data messages, then acks; the first kind that does not fit whole is sampled
+    at random with a fixed seed. A random sample, unlike every n-th message,
     cannot alias with periodic traffic (message, ack, message, ack, ...).
     """
     if len(messages) <= limit:
         return messages
     chosen: list[int] = []
     layers = (
-        [i for i, m in enumerate(messages) if m.dropped],
+        [i for i, m in enumerate(messages) if m.lost],
+        [i for i, m in enumerate(messages) if m.dropped and not m.lost],
         [i for i, m in enumerate(messages) if not m.dropped and not m.ack],
         [i for i, m in enumerate(messages) if not m.dropped and m.ack],
     )
@@ -546,7 +665,10 @@ def _markers() -> str:
         'style="fill:var(--ack)"/></marker>'
         '<marker id="ah-drop" viewBox="0 0 8 8" refX="4" refY="4" markerWidth="9" '
         'markerHeight="9" markerUnits="userSpaceOnUse"><path d="M1 1L7 7M7 1L1 7" '
-        'style="stroke:var(--fail);stroke-width:2"/></marker></defs>'
+        'style="stroke:var(--fail);stroke-width:2"/></marker>'
+        '<marker id="ah-ended" viewBox="0 0 8 8" refX="4" refY="4" markerWidth="7" '
+        'markerHeight="7" markerUnits="userSpaceOnUse"><path d="M1 1L7 7M7 1L1 7" '
+        'style="stroke:var(--ack);stroke-width:1.5"/></marker></defs>'
     )
 
 
@@ -561,7 +683,8 @@ def _timeline(run: _Run) -> str:
     if len(drawn) < len(messages):
         note = (
             f'<p class="note" id="timeline-note">Showing {len(drawn):,} of {len(messages):,} '
-            "messages: every dropped one, then data messages before acks, sampled at random "
+            "messages: every lost one, then copies to nodes that had ended and data messages "
+            "before acks, sampled at random "
             "where they do not all fit. The embedded run data holds all of them.</p>"
         )
     controls = (
@@ -572,7 +695,8 @@ def _timeline(run: _Run) -> str:
         + "</select></label>"
         '<span class="key"><i class="k-msg"></i>message (sender colour)</span>'
         '<span class="key"><i class="k-ack"></i>ack</span>'
-        '<span class="key"><i class="k-drop"></i>dropped</span>'
+        '<span class="key"><i class="k-drop"></i>dropped (recipient running)</span>'
+        '<span class="key"><i class="k-ended"></i>dropped (recipient had ended)</span>'
         "</div>"
     )
     if not run.lanes:
@@ -613,10 +737,16 @@ def _timeline(run: _Run) -> str:
         node = nodes.get(node_id)
         colour = run.colour(node_id)
         label_y = cy if small or node is None or not node.role else cy - 6
+        cause = _cause_words(node)
+        marks = "".join(
+            (" odd" if i % 2 else "",)
+            + ((" root-cause",) if node and node.root_cause else ())
+            + ((" consequence",) if node and node.consequential else ())
+        )
+        about = f"{node.role}, {node.status}" + (f", {cause}" if cause else "") if node else ""
         parts.append(
-            f'<g class="lane{" odd" if i % 2 else ""}" data-node="{_e(node_id)}" data-i="{i}">'
-            f"<title>{_e(node_id)}{f' ({_e(node.role)}, {_e(node.status)})' if node else ''}"
-            "</title>"
+            f'<g class="lane{marks}" data-node="{_e(node_id)}" data-i="{i}">'
+            f"<title>{_e(node_id)}{f' ({_e(about)})' if node else ''}</title>"
             f'<rect class="lane-bg" x="0" y="{_f(y0)}" width="{_f(_WIDTH)}" height="{_f(lane_h)}"/>'
             f'<line class="lane-axis" x1="{_f(_LEFT)}" x2="{_f(_LEFT + _PLOT_W)}" '
             f'y1="{_f(cy)}" y2="{_f(cy)}"/>'
@@ -627,7 +757,9 @@ def _timeline(run: _Run) -> str:
         if node is not None and node.role and not small:
             parts.append(
                 f'<text class="lane-role" x="26" y="{_f(cy + 9)}" dominant-baseline="central">'
-                f"{_e(_short(node.role, _LABEL_CHARS + 4))}</text>"
+                f"{_e(_short(node.role, _LABEL_CHARS + 4))}"
+                + (f'<tspan class="lane-cause"> · {_e(cause)}</tspan>' if cause else "")
+                + "</text>"
             )
         if node is not None and node.start is not None and node.end is not None:
             x1, x2 = _x(max(node.start, 0.0), domain), _x(max(node.end, 0.0), domain)
@@ -661,8 +793,14 @@ def _timeline(run: _Run) -> str:
     )
 
 
+def _cause_words(node: _Node | None) -> str:
+    if node is None:
+        return ""
+    return "root cause" if node.root_cause else "in consequence" if node.consequential else ""
+
+
 def _layer(message: _Message) -> int:
-    return 2 if message.dropped else 0 if message.ack else 1
+    return 3 if message.lost else 2 if message.dropped else 0 if message.ack else 1
 
 
 def _message_mark(
@@ -675,7 +813,11 @@ def _message_mark(
     x = _f(_x(message.t, domain))
     y1, y2 = centre(message.sender), centre(message.recipient)
     kind = "drop" if message.dropped else "ack" if message.ack else f"c{run.colour(message.sender)}"
-    classes = f"msg {kind}" + (" ack" if message.ack and message.dropped else "")
+    classes = (
+        f"msg {kind}"
+        + (" ack" if message.ack and message.dropped else "")
+        + (" ended" if message.dropped and not message.lost else "")
+    )
     attempts = (
         ""
         if message.attempts is None
@@ -685,6 +827,7 @@ def _message_mark(
         f"{_e(message.category)}{' (ack)' if message.ack else ''}: "
         f"{_e(message.sender)} → {_e(message.recipient)}\n"
         f"t = {message.t:.3f} s · {_e(_bytes(message.size))}{attempts} · {_e(message.outcome)}"
+        + (" (its recipient had ended)" if message.dropped and not message.lost else "")
         + (f"\n{_e(message.message_id)}" if message.message_id else "")
     )
     data = f'data-s="{index[message.sender]}" data-r="{index[message.recipient]}"'
@@ -731,36 +874,61 @@ def _progress(run: _Run) -> str:
     parts.append(_x_axis(domain, top, bottom))
     nodes = {n.node_id: n for n in run.nodes}
     legend = []
-    for node_id in [n for n in run.lanes if n in series]:
+    shown = [n for n in run.lanes if n in series]
+    # Nodes often report the same progress at nearly the same times: each line is moved a few
+    # units up or down (all of them within one narrow band) so that none hides another.
+    step = 0.0 if len(shown) < 2 else min(_SPREAD, _SPREAD_MAX / (len(shown) - 1))
+    for order, node_id in enumerate(shown):
+        node = nodes.get(node_id)
         points = series[node_id]
+        reported = points[-1]
+        if node is not None and node.status == "executed" and reported.percent < 100:
+            # it ended normally: done, whatever it reported last
+            end = max(node.end if node.end is not None else reported.t, reported.t)
+            points = [*points, _Point(end, 100.0, "executed")]
+        dy = (order - (len(shown) - 1) / 2) * step
+        lane = run.index.get(node_id, 0)
         colour = run.colour(node_id)
+        dash = _DASHES[lane // _PALETTE_SIZE % len(_DASHES)]
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         coords = []
         for i, point in enumerate(points):
             if i:  # progress holds until the next report: draw steps, not slopes
-                coords.append(f"{_f(_x(point.t, domain))},{_f(y(points[i - 1].percent))}")
-            coords.append(f"{_f(_x(point.t, domain))},{_f(y(point.percent))}")
+                coords.append(f"{_f(_x(point.t, domain))},{_f(y(points[i - 1].percent) + dy)}")
+            coords.append(f"{_f(_x(point.t, domain))},{_f(y(point.percent) + dy)}")
         last = points[-1]
-        node = nodes.get(node_id)
         status = node.status if node else last.status
         summary = f"{last.percent:.0f}% at {_seconds(last.t)}" + (f", {status}" if status else "")
+        if last is not reported:
+            summary += f" (last reported {reported.percent:.0f}%)"
         parts.append(
-            f'<g class="series" data-node="{_e(node_id)}"><title>{_e(node_id)}: {_e(summary)}'
-            f'</title><polyline class="line c{colour}" points="{" ".join(coords)}"/>'
+            f'<g class="series" data-node="{_e(node_id)}" data-dy="{_f(dy)}"><title>'
+            f"{_e(node_id)}: {_e(summary)}</title>"
+            f'<polyline class="line c{colour}"{dash_attr} points="{" ".join(coords)}"/>'
             f'<circle class="end c{colour}{" failed" if status == "failed" else ""}" '
-            f'cx="{_f(_x(last.t, domain))}" cy="{_f(y(last.percent))}" r="3.5"/></g>'
+            f'cx="{_f(_x(last.t, domain))}" cy="{_f(y(last.percent) + dy)}" r="3.5"/></g>'
         )
         legend.append(
-            f'<li data-node="{_e(node_id)}"><span class="swatch c{colour}"></span>'
-            f'<code title="{_e(node_id)}">{_e(_short(node_id, _LABEL_CHARS))}</code> '
-            f'<span class="muted">{_e(summary)}</span></li>'
+            f'<li data-node="{_e(node_id)}"><svg class="key-line" width="24" height="10" '
+            f'aria-hidden="true"><line class="line c{colour}"{dash_attr} x1="1" x2="23" y1="5" '
+            f'y2="5"/></svg><code title="{_e(node_id)}">{_e(_short(node_id, _LABEL_CHARS))}'
+            f'</code> <span class="muted">{_e(summary)}</span></li>'
         )
     parts.append("</svg>")
     items = f'<ul class="legend" aria-label="Nodes">{"".join(legend)}</ul>'
     if len(legend) > _LEGEND_OPEN:
         items = f"<details><summary>Legend: {len(legend)} nodes</summary>{items}</details>"
+    band = step * (len(shown) - 1) / 2 / _PROGRESS_H * 100  # in percentage points
+    note = (
+        f'<p class="note" id="progress-note">Lines are moved apart by up to ±{band:.1f} '
+        "percentage points so that nodes with equal progress stay visible; the legend and each "
+        "line's tooltip give the exact values.</p>"
+        if step
+        else ""
+    )
     return (
         '<section id="progress" aria-labelledby="progress-h"><h2 id="progress-h">Progress</h2>'
-        f'<div class="chart-wrap">{"".join(parts)}</div>{items}</section>'
+        f'<div class="chart-wrap">{"".join(parts)}</div>{items}{note}</section>'
     )
 
 
@@ -834,6 +1002,12 @@ background:#eff2f5;color:#424a53;white-space:nowrap}
 .pill.failed{background:#ffebe9;color:#a40e26}
 .pill.timed-out{background:#fff8c5;color:#7d4e00}
 .pill.stopped{background:#eff2f5;color:#424a53}
+.pill.root-cause{background:var(--fail);color:#fff;margin-left:4px}
+.pill.consequence{background:#fff1e5;color:#953800;margin-left:4px}
+tr.root-cause>th,tr.root-cause>td{background:#fff5f5}
+tr.root-cause>th{box-shadow:inset 5px 0 var(--fail)}
+tr.consequence>th{box-shadow:inset 3px 0 #fb8f44}
+.status-cell{white-space:nowrap}
 .table-wrap{overflow:auto;max-height:75vh}
 thead th{position:sticky;top:0;background:var(--card);z-index:1}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
@@ -869,6 +1043,7 @@ font-size:13px}
 .key i{display:inline-block;width:22px;height:0;border-top:2px solid var(--c0)}
 .key i.k-ack{border-top:2px dashed var(--ack)}
 .key i.k-drop{border-top-color:var(--fail)}
+.key i.k-ended{border-top:2px dotted var(--ack)}
 .note,.empty{color:var(--muted);margin:4px 0 8px}
 .chart-wrap{overflow:auto;max-height:80vh}
 svg.chart{display:block;width:100%;height:auto;font-size:12px}
@@ -880,6 +1055,10 @@ svg text{fill:var(--fg)}
 .lane.odd .lane-bg{fill:var(--lane)}
 .lane{cursor:pointer}
 .lane.hl .lane-bg{fill:#fff8c5}
+.lane.root-cause .lane-bg{fill:#ffebe9}
+.lane.root-cause .lane-label{fill:var(--fail);font-weight:700}
+.lane-cause{fill:var(--fail);font-weight:600}
+.lane.consequence .lane-cause{fill:#953800;font-weight:400}
 .lane-axis{stroke:#d1d9e0;stroke-width:1}
 .lane-label{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 .lane-label.small{font-size:10px}
@@ -904,6 +1083,8 @@ circle.msg{stroke-width:1.6;fill:var(--card)}
 marker-end:url(#ah-ack)}
 .msg.drop{stroke:var(--fail);stroke-width:2.2;opacity:1;stroke-dasharray:none;
 marker-end:url(#ah-drop)}
+.msg.drop.ended{stroke:var(--ack);stroke-width:1.2;opacity:.7;stroke-dasharray:1 2;
+marker-end:url(#ah-ended)}
 .hide-acks .msg.ack{display:none}
 .focus .msg{opacity:.05}
 .focus .msg.hl{opacity:1}
@@ -915,6 +1096,9 @@ marker-end:url(#ah-drop)}
 .series:hover .line{stroke-width:3.5}
 .legend{display:flex;flex-wrap:wrap;gap:4px 22px;list-style:none;margin:8px 0 0;padding:0;
 font-size:13px}
+.legend li{display:inline-flex;align-items:center;gap:6px}
+.key-line{flex:none}
+#progress-note{font-size:12px}
 details.log{border-top:1px solid var(--border);padding:6px 0}
 details.log:first-of-type{border-top:0}
 .log-lines{list-style:none;margin:6px 0 0;padding:8px 10px;background:var(--bg);

@@ -13,12 +13,13 @@ a timeout stops the run and records what each node was still waiting for.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.util
 import inspect
 import logging
 import os
-import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,19 +27,30 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import anyio
+import orjson
 from pydantic import ValidationError
 
+from ._failures import Failure, describe, from_exception, from_stderr, user_location
 from ._runrecord import build_run_record, write_outputs
 from ._transport import Request, Transport
+from ._watchdog import Block, LoopWatchdog
 from ._wire import HealthAnswer
 from .config import FlameConfig, use_environ, use_transport
 from .errors import InvalidArgument
 from .local import LocalNode, LocalPlatform, NodeUnreachable, TransportKind
 
-__all__ = ["NodeOutcome", "RunResult", "load_main", "run_analysis", "run_script"]
+__all__ = [
+    "NodeOutcome",
+    "RunResult",
+    "ScriptError",
+    "check_out_dir",
+    "load_main",
+    "run_analysis",
+    "run_script",
+]
 
 log = logging.getLogger("flame_async.runner")
 
@@ -46,9 +58,13 @@ AnalysisMain = Callable[[], Awaitable[Any]]
 Mode = Literal["inprocess", "processes"]
 Observer = Callable[[LocalPlatform, "list[NodeOutcome]"], Awaitable[None]]
 
-_ERROR_LINE = re.compile(
-    r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Interrupt|Exit)\w*): ?(.*)$"
-)
+_RUN_ARTEFACTS: Final = ("final", "logs", "run.json", "report.html")
+"""What a run writes into its output folder (and ``--force`` removes)."""
+
+
+class ScriptError(InvalidArgument):
+    """The analysis script cannot start: it does not exist, does not compile or import, or
+    has no ``async def main()``. The message names the file and line."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,10 +80,15 @@ class NodeOutcome:
         error: The exception it raised (in-process mode).
         error_type: The exception's type name (both modes).
         error_message: The exception's message (both modes).
-        traceback: The formatted traceback (both modes; from stderr for processes).
+        traceback: The traceback, with the analysis' own frames only (both modes; from stderr
+            for processes).
+        location: ``file.py:LINE`` of the innermost frame of the analysis' code that failed.
+        full_traceback: The whole traceback, every frame (what ``logs/`` keep).
         started: When the node started (UTC).
         seconds: How long it ran.
         waiting_for: What the node was still waiting for when the run stopped.
+        blocked: When the node's event loop was blocked by code that did not await
+            (``was blocked for 19.8 s at analysis.py:7 (in main)``), one line each.
         output: Lines the node's process printed (processes mode), ``(t, stream, text)``.
     """
 
@@ -79,9 +100,12 @@ class NodeOutcome:
     error_type: str = ""
     error_message: str = ""
     traceback: str = ""
+    location: str = ""
+    full_traceback: str = ""
     started: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
     waiting_for: list[str] = dataclasses.field(default_factory=list)
+    blocked: list[str] = dataclasses.field(default_factory=list)
     output: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)
     failed_at: float | None = None
 
@@ -100,11 +124,18 @@ class NodeOutcome:
         """True when the node failed only because a peer it waited on had failed."""
         return self.error_type == "PeerFailed"
 
-    def fail(self, error_type: str, message: str, trace: str, at: float) -> None:
+    def fail(self, failure: Failure, at: float, *, full_traceback: str = "") -> None:
         """Record a failure."""
         self.status = "failed"
-        self.error_type, self.error_message, self.traceback = error_type, message, trace
+        self.error_type, self.error_message = failure.error_type, failure.message
+        self.traceback, self.location = failure.traceback, failure.location
+        self.full_traceback = full_traceback or failure.traceback
         self.failed_at = at
+
+    @property
+    def failure(self) -> Failure:
+        """The failure as its user needs to see it."""
+        return Failure(self.error_type, self.error_message, self.location, self.traceback)
 
 
 @dataclasses.dataclass(slots=True)
@@ -148,31 +179,155 @@ class RunResult:
         raise KeyError(node_id)
 
 
+def _check_file(script: Path) -> str:
+    """The script's source, once it is known to exist and compile.
+
+    Raises:
+        ScriptError: No such file, not readable, or a syntax error (file and line named).
+    """
+    if not script.is_file():
+        raise ScriptError(f"analysis script {script} does not exist (or is not a file)")
+    try:
+        source = script.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScriptError(f"cannot read the analysis script {script}: {exc}") from exc
+    try:
+        compile(source, str(script), "exec")
+    except SyntaxError as exc:
+        raise ScriptError(f"{script.name}:{exc.lineno}: {type(exc).__name__}: {exc.msg}") from None
+    return source
+
+
 def load_main(script: Path) -> AnalysisMain:
     """Import ``script`` as a module and return its ``async def main()``.
 
     Raises:
-        InvalidArgument: The file does not exist, or has no ``async def main()``.
+        ScriptError: The file does not exist, does not compile, fails while it is imported
+            (the message names the line: ``analysis.py:3: ModuleNotFoundError: ...``), or has
+            no ``async def main()``.
     """
-    if not script.is_file():
-        raise InvalidArgument(f"analysis script {script} does not exist")
+    _check_file(script)
     folder = str(script.resolve().parent)
     if folder not in sys.path:  # as 'python SCRIPT' does: sibling modules import
         sys.path.insert(0, folder)
     name = f"flame_analysis_{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
-        raise InvalidArgument(f"cannot import {script} as a Python module")
+        raise ScriptError(f"cannot import {script} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's import error is the message
+        sys.modules.pop(name, None)
+        where = user_location(exc.__traceback__) or script.name
+        raise ScriptError(f"{where}: {type(exc).__name__}: {describe(exc)}") from None
+    return _main_of(module, script)
+
+
+def _main_of(module: Any, script: Path) -> AnalysisMain:
     main = getattr(module, "main", None)
     if main is None or not inspect.iscoroutinefunction(main):
-        raise InvalidArgument(
-            f"{script} must define 'async def main()' (called once per node); found "
-            f"{type(main).__name__ if main is not None else 'nothing'}"
+        raise ScriptError(
+            f"{script.name} must define 'async def main()' (called once per node); found "
+            f"{'a ' + type(main).__name__ if main is not None else 'no main'}"
         )
     return main  # type: ignore[no-any-return]
+
+
+_IMPORT_CHECK: Final = """
+import importlib.util, inspect, json, sys, traceback
+path = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+spec = importlib.util.spec_from_file_location("flame_analysis_check", path)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module  # as an import does: dataclasses and others look it up
+try:
+    spec.loader.exec_module(module)
+except Exception as exc:
+    print(json.dumps({"exception": True}))
+    raise
+main = getattr(module, "main", None)
+print(json.dumps({"main": type(main).__name__ if main is not None else None,
+                  "async": inspect.iscoroutinefunction(main)}))
+"""
+
+
+async def _check_import_in_subprocess(script: Path) -> None:
+    """Import ``script`` in a child process (what ``python SCRIPT`` would do, minus running
+    ``main``) and check its ``main``.
+
+    Raises:
+        ScriptError: It fails to import or has no ``async def main()``.
+    """
+    folder = (await anyio.Path(script).resolve()).parent
+    done = await anyio.run_process(
+        [sys.executable, "-c", _IMPORT_CHECK, str(script), str(folder)], check=False
+    )
+    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    answer = orjson.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if done.returncode != 0 or answer.get("exception"):
+        failure = from_stderr(
+            done.stderr.decode("utf-8", "replace").splitlines(), exit_code=done.returncode
+        )
+        where = failure.location or script.name
+        raise ScriptError(f"{where}: {failure.error_type}: {failure.message}")
+    if not answer.get("async"):
+        found = f"a {answer['main']}" if answer.get("main") else "no main"
+        raise ScriptError(
+            f"{script.name} must define 'async def main()' (called once per node); found {found}"
+        )
+
+
+def check_out_dir(out: Path, *, force: bool = False) -> None:
+    """Check that ``out`` can take a run's outputs, without writing anything.
+
+    It must be a folder that is new, empty, or (with ``force``) holds an earlier run, which
+    the run then replaces.
+
+    Raises:
+        InvalidArgument: ``out`` is a file, lies under a file, cannot be written, or is not
+            empty (what to do instead is part of the message).
+    """
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"--out {out} is a file; give a folder (a new or an empty one)")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidArgument(f"--out {out} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"--out {out}: {existing} is not writable; give another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "run.json").is_file():
+            raise InvalidArgument(
+                f"--out {out} is not empty and holds no earlier run; give a new or empty folder"
+            )
+        if not force:
+            raise InvalidArgument(
+                f"--out {out} holds an earlier run; pass --force to replace it, or give a new "
+                "folder"
+            )
+
+
+def _clear_earlier_run(out: Path) -> None:
+    for name in _RUN_ARTEFACTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _check_data_dir(data: Path, node_ids: Sequence[str]) -> None:
+    if not data.is_dir():
+        raise InvalidArgument(f"--data {data} does not exist or is not a folder")
+    if not any((data / node).is_dir() for node in node_ids):
+        found = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise InvalidArgument(
+            f"--data {data} has no folder for any node: expected {data}/{node_ids[0]}/ ... "
+            f"(with fhir/ or s3/ inside); found {', '.join(found) or 'no folders'}"
+        )
 
 
 class _Run:
@@ -189,6 +344,7 @@ class _Run:
         self.started = datetime.now(UTC)
         self.timed_out = False
         self.stop_reason: str | None = None
+        self.watchdog = LoopWatchdog.for_loop()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -217,20 +373,52 @@ class _Run:
                 return
             await anyio.sleep(tick)
 
+    def record_blocks(self) -> None:
+        """Note, per node, when its event loop was blocked (the watchdog saw it in-process;
+        nodes in their own processes report it to the platform)."""
+        watchdog = self.watchdog
+        for outcome in self.outcomes:
+            node = outcome.node_id
+            found = [b for b in watchdog.blocks if b.node == node and b.started >= self.t0]
+            if (current := watchdog.current()) is not None and current.node == node:
+                found.append(current)
+            lines = [f"{node}'s event loop {b.describe()}" for b in found]
+            report = self.platform.blocked(node)
+            if report is not None and not found:  # in-process, the watchdog here knows best
+                block = Block(0.0, report.seconds, report.location, "", node, report.ongoing)
+                lines.append(f"{node}'s event loop {block.describe()}")
+            outcome.blocked = lines
+
     async def _record_waits(self) -> None:
-        """Ask each running node's API what it waits for (its /healthz ``waiting_for``)."""
-        for node, outcome in zip(self.platform.nodes, self.outcomes, strict=True):
-            if not outcome.running:
-                continue
+        """Ask each running node's API what it waits for (its /healthz ``waiting_for``); a node
+        whose loop is blocked right now cannot answer, and is not asked."""
+        self.record_blocks()
+        report = self.platform.blocked
+
+        async def ask(node: LocalNode, outcome: NodeOutcome) -> None:
+            stuck = (r := report(node.node_id)) is not None and r.ongoing
+            if stuck:
+                outcome.waiting_for = ["(nothing: its event loop is blocked)"]
+                return
             try:
                 request = Request("GET", "/healthz", headers={"accept": "application/json"})
                 async with self.platform.call_api(node.node_id, request, timeout=2) as answer:
                     health = HealthAnswer.model_validate_json(await answer.read())
                 outcome.waiting_for = list(health.waiting_for or ["nothing it reports"])
             except (NodeUnreachable, TimeoutError, OSError, ValidationError):
-                outcome.waiting_for = ["(its node API did not answer: still starting?)"]
+                outcome.waiting_for = [
+                    "(its node API did not answer: its event loop is blocked)"
+                    if outcome.blocked
+                    else "(its node API did not answer: still starting?)"
+                ]
+
+        async with anyio.create_task_group() as tg:  # all at once: a stop is not delayed
+            for node, outcome in zip(self.platform.nodes, self.outcomes, strict=True):
+                if outcome.running:
+                    tg.start_soon(ask, node, outcome)
 
     def result(self, out_dir: Path | None, mode: str, script: str) -> RunResult:
+        self.record_blocks()
         for outcome in self.outcomes:
             if outcome.running:
                 outcome.status = "stopped"
@@ -269,33 +457,40 @@ async def run_analysis(
     observer: Observer | None = None,
     script: str = "",
     transport: TransportKind = "http",
+    force: bool = False,
+    on_start: Callable[[], None] | None = None,
     **platform_options: Any,
 ) -> RunResult:
     """Run ``main()`` once per node, in this event loop, on a fresh local platform.
 
     Each node's ``FlameSDK()`` gets its configuration and its transport from the runner: over
-    HTTP an API socket the platform has bound for it, or the in-memory transport.
+    HTTP an API socket the platform has bound for it, or the in-memory transport. Everything
+    that can be checked is checked before anything runs.
 
     Args:
         main: The analysis entry point; each call creates its own ``FlameSDK()``.
-        transport: ``"http"`` (real HTTP on 127.0.0.1, the faithful default) or ``"memory"``
-            (no sockets: the same services, called in this event loop).
         nodes: Number of nodes, or their ids.
         aggregator: Id of the aggregator (default: the first node).
         data: Data folder (``DATA/<node>/fhir/``, ``DATA/<node>/s3/``).
-        out_dir: Where final results, ``run.json``, ``logs/`` and ``report.html`` go.
-        timeout: Seconds after which still-running nodes are stopped.
+        out_dir: Where final results, ``run.json``, ``logs/`` and ``report.html`` go: a new or
+            empty folder, or one with an earlier run when ``force`` is set.
+        timeout: Seconds after which still-running nodes are stopped (> 0).
         fail_fast_grace: Seconds the other nodes get to end after the first failure.
         observer: Called about ten times a second with the platform and the outcomes (the
             CLI's live view).
         script: Name of the analysis, for the run summary.
+        transport: ``"http"`` (real HTTP on 127.0.0.1, the faithful default) or ``"memory"``
+            (no sockets: the same services, called in this event loop).
+        force: Replace an earlier run's outputs in ``out_dir``.
+        on_start: Called once every check passed, just before the platform starts.
         **platform_options: Passed to :class:`~flame_async.local.LocalPlatform`.
 
     Returns:
         The outcomes; node errors are captured there, not raised.
 
     Raises:
-        ValueError: Bad node ids or aggregator (from the platform).
+        InvalidArgument: Bad node ids, aggregator, data folder, output folder or timeout
+            (before anything runs).
 
     Cancellation:
         Stops every node and the platform.
@@ -314,22 +509,29 @@ async def run_analysis(
             outcome.status = "executed"
         except Exception as exc:  # noqa: BLE001 - a node's failure is its outcome
             outcome.error = exc
-            outcome.fail(
-                type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), run.now()
-            )
+            full = "".join(traceback.format_exception(exc))
+            outcome.fail(from_exception(exc), run.now(), full_traceback=full)
 
-    return await _run_nodes(
-        start,
+    platform = _platform(
         nodes=nodes,
         aggregator=aggregator,
         data=data,
+        out_dir=out_dir,
+        timeout=timeout,
+        options={**platform_options, "transport": transport},
+    )
+    _prepare(platform, data=data, out_dir=out_dir, force=force)
+    if on_start is not None:
+        on_start()
+    return await _run_nodes(
+        start,
+        platform,
         out_dir=out_dir,
         timeout=timeout,
         fail_fast_grace=fail_fast_grace,
         observer=observer,
         mode="inprocess",
         script=script or getattr(main, "__module__", ""),
-        platform_options={**platform_options, "transport": transport},
     )
 
 
@@ -345,6 +547,8 @@ async def run_script(
     timeout: float | None = None,
     fail_fast_grace: float = 3.0,
     observer: Observer | None = None,
+    force: bool = False,
+    on_start: Callable[[], None] | None = None,
     **platform_options: Any,
 ) -> RunResult:
     """Run an analysis file: its ``main()`` in this loop, or ``python SCRIPT`` per node.
@@ -357,9 +561,14 @@ async def run_script(
     With ``transport="memory"`` (in-process only) the nodes reach the platform by calls in this
     event loop instead of HTTP: much faster for many nodes, the same services underneath.
 
+    Before anything runs, the script must compile and import and define ``async def main()``
+    (in ``processes`` mode it is imported once in a child process to check), and the options
+    must make sense (see :func:`run_analysis`).
+
     Raises:
-        InvalidArgument: The script does not exist (or, in-process, has no ``async def main()``),
-            or the in-memory transport was asked for processes.
+        ScriptError: The script does not exist, compile or import, or has no
+            ``async def main()`` (the message names the file and line).
+        InvalidArgument: A bad option, or the in-memory transport asked for processes.
 
     Cancellation:
         Stops every node (terminating processes) and the platform.
@@ -370,64 +579,107 @@ async def run_script(
             "(or --transport http for processes)"
         )
     if mode == "inprocess":
+        # the cheap checks of the options first, then the import (which runs the user's code)
+        _platform(nodes=nodes, aggregator=aggregator, data=data, out_dir=out_dir, timeout=timeout)
         return await run_analysis(
             load_main(script),
-            transport=transport,
             nodes=nodes,
             aggregator=aggregator,
             data=data,
             out_dir=out_dir,
+            transport=transport,
             timeout=timeout,
             fail_fast_grace=fail_fast_grace,
             observer=observer,
             script=str(script),
+            force=force,
+            on_start=on_start,
             **platform_options,
         )
-    if not await anyio.Path(script).is_file():
-        raise InvalidArgument(f"analysis script {script} does not exist")
+    platform = _platform(
+        nodes=nodes,
+        aggregator=aggregator,
+        data=data,
+        out_dir=out_dir,
+        timeout=timeout,
+        options=platform_options,
+    )
+    _check_file(script)
+    _prepare(platform, data=data, out_dir=out_dir, force=False)  # before the slow check
+    await _check_import_in_subprocess(script)
+    _prepare(platform, data=data, out_dir=out_dir, force=force)
+    if on_start is not None:
+        on_start()
 
     async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
         await _run_process(script, node, outcome, run)
 
     return await _run_nodes(
         start,
-        nodes=nodes,
-        aggregator=aggregator,
-        data=data,
+        platform,
         out_dir=out_dir,
         timeout=timeout,
         fail_fast_grace=fail_fast_grace,
         observer=observer,
         mode="processes",
         script=str(script),
-        platform_options=platform_options,
     )
 
 
-async def _run_nodes(
-    start: Callable[[LocalNode, NodeOutcome, _Run], Awaitable[None]],
+def _platform(
     *,
     nodes: int | Sequence[str],
     aggregator: str | None,
     data: Path | None,
     out_dir: Path | None,
     timeout: float | None,
+    options: dict[str, Any] | None = None,
+) -> LocalPlatform:
+    """The run's platform, not started yet (its constructor checks ids and options)."""
+    if timeout is not None and not timeout > 0:
+        raise InvalidArgument(f"the timeout must be a positive number of seconds, got {timeout}")
+    options = {"po_interval": 1.0, **(options or {})}
+    if data is not None:
+        options["data_dir"] = data
+    return LocalPlatform(nodes, aggregator=aggregator, out_dir=out_dir, **options)
+
+
+def _prepare(
+    platform: LocalPlatform, *, data: Path | None, out_dir: Path | None, force: bool
+) -> None:
+    """Check the data and output folders; with ``force``, clear an earlier run's outputs.
+
+    Raises:
+        InvalidArgument: A folder cannot be used (the message says why and what to do).
+    """
+    if data is not None:
+        _check_data_dir(data, platform.node_ids)
+    if out_dir is not None:
+        check_out_dir(out_dir, force=force)
+        if force and (out_dir / "run.json").is_file():
+            _clear_earlier_run(out_dir)
+
+
+async def _run_nodes(
+    start: Callable[[LocalNode, NodeOutcome, _Run], Awaitable[None]],
+    platform: LocalPlatform,
+    *,
+    out_dir: Path | None,
+    timeout: float | None,
     fail_fast_grace: float,
     observer: Observer | None,
     mode: str,
     script: str,
-    platform_options: dict[str, Any],
 ) -> RunResult:
-    if data is not None:
-        platform_options["data_dir"] = data
-    platform_options.setdefault("po_interval", 1.0)
-    async with LocalPlatform(
-        nodes, aggregator=aggregator, out_dir=out_dir, **platform_options
-    ) as platform:
+    async with platform:
         run = _Run(platform, timeout=timeout, fail_fast_grace=fail_fast_grace)
+        watching = run.watchdog.subscribe(lambda block: None)  # watch from the first line
 
         async def one(index: int) -> None:
             node, outcome = platform.nodes[index], run.outcomes[index]
+            task = asyncio.current_task()
+            if task is not None:  # a blocked loop is blamed on the node whose task blocked it
+                run.watchdog.task_labels[task] = node.node_id
             began = time.monotonic()
             outcome.started = datetime.now(UTC)
             try:
@@ -437,14 +689,17 @@ async def _run_nodes(
                 if outcome.running:
                     outcome.status = "stopped"
 
-        with anyio.CancelScope() as nodes_scope:
-            async with anyio.create_task_group() as tg:
-                for index in range(len(platform.nodes)):
-                    tg.start_soon(one, index)
-                tg.start_soon(run.supervise, nodes_scope, observer)
-        if observer is not None:
-            await observer(platform, run.outcomes)
-        return run.result(out_dir, mode, script)
+        try:
+            with anyio.CancelScope() as nodes_scope:
+                async with anyio.create_task_group() as tg:
+                    for index in range(len(platform.nodes)):
+                        tg.start_soon(one, index)
+                    tg.start_soon(run.supervise, nodes_scope, observer)
+            if observer is not None:
+                await observer(platform, run.outcomes)
+            return run.result(out_dir, mode, script)
+        finally:
+            run.watchdog.unsubscribe(watching)
 
 
 async def _run_process(script: Path, node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
@@ -457,14 +712,19 @@ async def _run_process(script: Path, node: LocalNode, outcome: NodeOutcome, run:
 
     async def pump(stream: Any, name: str) -> None:
         buffer = b""
+        in_traceback = False
         async for chunk in stream:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 text = line.decode("utf-8", "replace")
-                outcome.output.append((run.now(), name, text))
                 if name == "stderr":
                     stderr_lines.append(text)
+                    # a traceback is shown once, in the run's summary, not line by line here
+                    in_traceback = in_traceback or text.startswith("Traceback (most recent")
+                    if in_traceback:
+                        continue
+                outcome.output.append((run.now(), name, text))
         if buffer:
             outcome.output.append((run.now(), name, buffer.decode("utf-8", "replace")))
 
@@ -487,17 +747,5 @@ async def _run_process(script: Path, node: LocalNode, outcome: NodeOutcome, run:
     if code == 0:
         outcome.status = "executed"
         return
-    trace = "\n".join(_last_traceback(stderr_lines))
-    error_type, message = f"exit code {code}", "\n".join(stderr_lines[-3:])
-    for line in reversed(trace.splitlines()):
-        if match := _ERROR_LINE.match(line.strip()):
-            error_type, message = match.group(1).rsplit(".", 1)[-1], match.group(2)
-            break
-    outcome.fail(error_type, message, trace or "\n".join(stderr_lines[-40:]), run.now())
-
-
-def _last_traceback(lines: list[str]) -> list[str]:
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index].startswith("Traceback (most recent call last)"):
-            return lines[index:]
-    return []
+    failure = from_stderr(stderr_lines, exit_code=code)
+    outcome.fail(failure, run.now(), full_traceback="\n".join(stderr_lines[-200:]))

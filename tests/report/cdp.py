@@ -90,10 +90,22 @@ class Page:
             raise CdpError(f"{expression}: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
-    async def screenshot(self, path: Path, *, full_page: bool = False) -> Path:
-        """Save a PNG of the viewport (or of the whole page)."""
+    async def screenshot(
+        self, path: Path, *, full_page: bool = False, selector: str | None = None
+    ) -> Path:
+        """Save a PNG of the viewport (or of the whole page, or of one element)."""
         params: dict[str, Any] = {"format": "png"}
-        if full_page:
+        if selector is not None:
+            box = await self.evaluate(
+                f"(() => {{ const r = document.querySelector({selector!r})"
+                ".getBoundingClientRect(); return [r.left + window.scrollX, "
+                "r.top + window.scrollY, r.width, r.height]; })()"
+            )
+            params |= {
+                "captureBeyondViewport": True,
+                "clip": {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1},
+            }
+        elif full_page:
             size = await self.evaluate(
                 "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
             )

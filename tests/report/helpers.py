@@ -33,8 +33,10 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
 
     Each round the aggregator ``node-1`` sends the global model to the three analyzers, which ack
     it and answer with a local update that the aggregator acks: 12 deliveries per round (about
-    200 in all). After ``node-4`` failed, the aggregator's sends to it are dropped; two rounds
-    later the run stops the other nodes.
+    200 in all). When ``node-4`` fails it tells its peers; the copy to ``node-3`` is lost
+    (dropped while ``node-3`` runs). After that the aggregator's sends to ``node-4`` are dropped
+    because it had ended; two rounds later the run stops the other nodes. ``node-2`` and
+    ``node-3`` report the same progress at the same times (their lines overlap).
     """
     rng = random.Random(seed)
     analyzers = ["node-2", "node-3", "node-4"]
@@ -51,6 +53,7 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
         sequence += 1
         t += rng.uniform(0.0005, 0.004)
         ack = extra.pop("ack", False)
+        outcome = extra.pop("outcome", "delivered")
         messages.append(
             {
                 "t": round(t, 4),
@@ -59,9 +62,10 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
                 "category": category,
                 "message_id": f"{sender}-{sequence:04x}",
                 "size": size,
-                "outcome": extra.pop("outcome", "delivered"),
+                "outcome": outcome,
                 "attempts": extra.pop("attempts", 1),
                 "ack": ack,
+                "recipient_ended": outcome != "delivered" and recipient == "node-4",
             }
         )
 
@@ -90,6 +94,9 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
             logs["node-4"].append([round(t, 4), "error", "gradient is not finite: <nan>"])
             progress["node-4"].append([round(t, 4), progress["node-4"][-1][1], "failed"])
             fail_t = t
+            deliver("node-4", "node-1", "flame_async.node_status", 180)
+            deliver("node-4", "node-2", "flame_async.node_status", 180)
+            deliver("node-4", "node-3", "flame_async.node_status", 180, outcome="dropped")
         if round_no > fail_round:
             logs["node-1"].append([round(t, 4), "warn", "node-4 did not answer; </script> ok"])
         ended = t + 0.01
@@ -123,6 +130,8 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
                 if failed
                 else None,
                 "waiting_for": [] if failed or node_id != "node-1" else ["node-4 (local_update)"],
+                "root_cause": failed,
+                "consequential": False,
             }
         )
     return {
@@ -137,6 +146,10 @@ def sample_run(*, rounds: int = 17, seed: int = 7) -> dict[str, Any]:
         "ok": False,
         "timed_out": False,
         "stop_reason": "node node-4 failed",
+        "dropped_to_running": sum(
+            m["outcome"] != "delivered" and not m["recipient_ended"] for m in messages
+        ),
+        "dropped_to_ended": sum(m["recipient_ended"] for m in messages),
         "nodes": nodes,
         "messages": messages,
         "progress": progress,

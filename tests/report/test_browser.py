@@ -25,7 +25,18 @@ COUNTS = """({
   embedded: JSON.parse(document.getElementById("run-data").textContent).messages.length,
   timelineWidth: document.getElementById("timeline-svg").getBoundingClientRect().width,
   pageWidth: document.documentElement.scrollWidth,
+  rootCauseRows: [...document.querySelectorAll("#summary .node-row.root-cause")]
+      .map(el => el.dataset.node),
+  rootCauseLanes: [...document.querySelectorAll("#timeline .lane.root-cause")]
+      .map(el => el.dataset.node),
+  lostColour: getComputedStyle(document.querySelector("#timeline .msg.drop:not(.ended)")).stroke,
+  endedColour: getComputedStyle(document.querySelector("#timeline .msg.drop.ended")).stroke,
+  failColour: getComputedStyle(document.documentElement).getPropertyValue("--fail").trim(),
 })"""
+
+# Where each progress line is drawn on screen: the top of its bounding box, in CSS pixels.
+PROGRESS_LINES = """Object.fromEntries([...document.querySelectorAll("#progress .series")].map(
+  g => [g.dataset.node, g.querySelector("polyline").getBoundingClientRect().top]))"""
 
 
 @pytest.mark.slow
@@ -42,6 +53,8 @@ async def test_report_renders_in_headless_chromium_without_errors(
         counts = await page.evaluate(COUNTS)
         shot = await page.screenshot(tmp_path / "report.png")
         await page.screenshot(tmp_path / "report-full.png", full_page=True)
+        chart = await page.screenshot(tmp_path / "progress.png", selector="#progress")
+        lines = await page.evaluate(PROGRESS_LINES)
         await page.evaluate('document.getElementById("show-acks").click()')
         hidden = await page.evaluate(COUNTS)
         errors = page.errors()
@@ -56,6 +69,12 @@ async def test_report_renders_in_headless_chromium_without_errors(
     assert counts["embedded"] == len(run["messages"])
     assert counts["pageWidth"] <= 1280, "the page scrolls sideways at 1280 px"
     assert counts["timelineWidth"] > 1000
+    assert counts["rootCauseRows"] == counts["rootCauseLanes"] == ["node-4"]
+    assert counts["lostColour"] != counts["endedColour"]
+    # node-2 and node-3 report identical progress: their lines are drawn apart, visibly
+    assert abs(lines["node-2"] - lines["node-3"]) >= 1, lines
+    assert len({round(top) for top in lines.values()}) == 4, lines
+    assert chart.read_bytes().startswith(b"\x89PNG")
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert shot.read_bytes().startswith(b"\x89PNG")

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flame_async.report import MAX_DRAWN_MESSAGES, render_report, write_report
 
 from .helpers import Elements, embedded_json, sample_run
@@ -200,3 +202,166 @@ def test_sample_run_is_realistic() -> None:
     assert 180 <= len(run["messages"]) <= 220
     assert any(m["ack"] for m in run["messages"])
     assert [n["node_id"] for n in run["nodes"] if n["status"] == "failed"] == ["node-4"]
+
+
+# --- failures: root cause and consequences -----------------------------------------------------
+
+
+def _node(run: dict[str, Any], node_id: str) -> dict[str, Any]:
+    return next(n for n in run["nodes"] if n["node_id"] == node_id)
+
+
+def _classes(attributes: dict[str, str | None]) -> set[str]:
+    return set((attributes.get("class") or "").split())
+
+
+def test_root_cause_node_is_marked_in_header_row_and_lane(run: dict[str, Any]) -> None:
+    peer = _node(run, "node-1")
+    peer.update(
+        status="failed",
+        error={"type": "PeerFailed", "message": "node node-4 failed", "traceback": ""},
+        consequential=True,
+    )
+
+    page = render_report(run)
+    elements = Elements(page)
+
+    rows = {a["data-node"]: _classes(a) for a in elements.with_class("node-row")}
+    lanes = {a["data-node"]: _classes(a) for a in elements.with_class("lane")}
+    assert "root-cause" in rows["node-4"] and "root-cause" in lanes["node-4"]
+    assert "consequence" in rows["node-1"] and "consequence" in lanes["node-1"]
+    for node_id in ("node-2", "node-3"):
+        assert not {"root-cause", "consequence"} & (rows[node_id] | lanes[node_id])
+    assert page.count(">root cause</span>") == 1  # the badge in node-4's row
+    assert page.count(">in consequence</span>") == 1
+    assert "· root cause</tspan>" in page and "· in consequence</tspan>" in page
+    header = page.split('id="header"')[1].split("</header>")[0]
+    assert 'id="root-cause"' in header and "node-4" in header and "ValueError" in header
+
+
+def test_root_cause_is_worked_out_when_the_run_does_not_record_it(run: dict[str, Any]) -> None:
+    for node in run["nodes"]:
+        del node["root_cause"], node["consequential"]
+    _node(run, "node-2").update(
+        status="failed", error={"type": "PeerFailed", "message": "node-4 failed", "traceback": ""}
+    )
+
+    elements = Elements(render_report(run))
+
+    rows = {a["data-node"]: _classes(a) for a in elements.with_class("node-row")}
+    assert [n for n, c in rows.items() if "root-cause" in c] == ["node-4"]
+    assert [n for n, c in rows.items() if "consequence" in c] == ["node-2"]
+
+
+def test_a_run_without_failures_marks_no_root_cause(run: dict[str, Any]) -> None:
+    for node in run["nodes"]:
+        node.update(status="executed", error=None, root_cause=False)
+
+    page = render_report({**run, "ok": True})
+
+    assert not Elements(page).with_class("root-cause")
+    assert 'id="root-cause"' not in page
+
+
+# --- dropped copies: to nodes that had ended are no failure -------------------------------------
+
+
+def _header(page: str) -> str:
+    return page.split('id="header"')[1].split("</header>", maxsplit=1)[0]
+
+
+def test_drops_to_ended_nodes_are_counted_apart_and_not_red(run: dict[str, Any]) -> None:
+    page = render_report(run)
+    elements = Elements(page)
+    header = _header(page)
+
+    drops = elements.with_class("drop")
+    ended = [a for a in drops if "ended" in _classes(a)]
+    assert len(drops) == 3
+    assert len(ended) == 2 == run["dropped_to_ended"]
+    assert all(a["data-r"] == "3" for a in ended)  # node-4's lane: it had failed
+    assert "2 to nodes that had ended" in header
+    assert '<span class="bad" id="messages-dropped"' in header and ">1 dropped<" in header
+
+
+def test_a_run_whose_only_drops_went_to_ended_nodes_shows_no_red(run: dict[str, Any]) -> None:
+    for message in run["messages"]:
+        message["recipient_ended"] = message["outcome"] == "dropped"
+
+    header = _header(render_report(run))
+
+    assert "3 to nodes that had ended" in header
+    assert "messages-dropped" not in header and "dropped<" not in header
+
+
+def test_drops_after_the_recipients_end_count_as_ended_in_older_records(
+    run: dict[str, Any],
+) -> None:
+    for message in run["messages"]:
+        del message["recipient_ended"]
+
+    page = render_report(run)
+
+    # the two sends to node-4 after it failed; the copy to node-3 while it ran stays lost
+    assert "2 to nodes that had ended" in _header(page)
+    assert ">1 dropped<" in _header(page)
+    assert len([a for a in Elements(page).with_class("drop") if "ended" in _classes(a)]) == 2
+
+
+# --- progress: executed means 100 %, equal lines stay apart -------------------------------------
+
+
+def _series(page: str) -> dict[str, tuple[float, list[tuple[float, float]]]]:
+    """Per node: its vertical offset and its polyline's points."""
+    section = page.split('id="progress"')[1].split("</section>", maxsplit=1)[0]
+    found = {}
+    for group in section.split('<g class="series"')[1:]:
+        node = group.split('data-node="')[1].split('"')[0]
+        dy = float(group.split('data-dy="')[1].split('"')[0])
+        raw = group.split('points="')[1].split('"')[0]
+        points = [(float(x), float(y)) for x, y in (p.split(",") for p in raw.split())]
+        found[node] = (dy, points)
+    return found
+
+
+def test_an_executed_node_is_shown_at_100_percent_whatever_it_reported(
+    run: dict[str, Any],
+) -> None:
+    node = _node(run, "node-2")
+    node.update(status="executed", progress=50)
+
+    page = render_report(run)
+
+    row = page.split('data-node="node-2"')[1].split("</tr>")[0]
+    assert "100%" in row and "50%" not in row
+    dy, points = _series(page)["node-2"]
+    top = 12.0  # the chart's 100 % line (report._progress)
+    assert points[-1][1] == pytest.approx(top + dy, abs=0.1)
+    assert "(last reported 85%)" in page  # the legend keeps what the node said
+
+
+def test_equal_progress_lines_are_drawn_apart(run: dict[str, Any]) -> None:
+    # node-2 and node-3 report the same percentages within milliseconds: one line would hide
+    # the other
+    assert [p[1] for p in run["progress"]["node-2"]] == [p[1] for p in run["progress"]["node-3"]]
+
+    page = render_report(run)
+    series = _series(page)
+
+    offsets = [dy for dy, _ in series.values()]
+    assert len(set(offsets)) == len(offsets) == 4
+    assert max(offsets) - min(offsets) <= 12.0  # a narrow band: values stay readable
+    ys2 = [y for _, y in series["node-2"][1]]
+    ys3 = [y for _, y in series["node-3"][1]]
+    assert all(a != b for a, b in zip(ys2, ys3, strict=True))
+    assert Elements(page).by_id("progress-note") is not None
+    assert len(Elements(page).with_class("key-line")) == 4  # the legend shows each line's style
+
+
+def test_a_single_progress_line_is_not_moved(run: dict[str, Any]) -> None:
+    run["progress"] = {"node-1": run["progress"]["node-1"]}
+
+    page = render_report(run)
+
+    assert _series(page)["node-1"][0] == 0
+    assert Elements(page).by_id("progress-note") is None

@@ -1,0 +1,382 @@
+"""The live view of `flame-async run`: its table at 80 columns, its last frame, its counts.
+
+The tmux tests drive the real command in a real (if detached) terminal of 80 x 30 and read the
+screen with ``tmux capture-pane``, the way a person would look at it. tmux comes from Debian's
+packages: when it is missing it is installed with apt-get (as root only), else those tests skip
+and say why.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from rich.console import Console
+
+from flame_async._live import LiveView, _Frame, _Row, _Traffic, _traffic_line
+from flame_async.local import LocalPlatform
+from flame_async.runner import NodeOutcome, run_script
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "fhir_mean_histogram.py"
+DATA = ROOT / "examples" / "data"
+STUCK = Path(__file__).parent / "analyses" / "stuck.py"
+
+STATUS_WORDS = ("executing", "executed", "failed", "stopped", "starting")
+BOX_START = ("┏", "┃", "┡", "│", "└")
+LOG = "run status: executing (and a log line far too long for any terminal of 80 columns)"
+
+
+def _render(frame: _Frame, width: int) -> list[str]:
+    console = Console(file=io.StringIO(), width=width, color_system=None, legacy_windows=False)
+    with console.capture() as capture:
+        console.print(frame)
+    return capture.get().rstrip("\n").split("\n")
+
+
+def _rows(lines: list[str]) -> list[list[str]]:
+    """The cells of the table's body rows."""
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+
+
+def _frame(nodes: int = 5) -> _Frame:
+    rows = [
+        _Row(
+            f"node-{i + 1}",
+            "aggregator" if i == 0 else "default",
+            STATUS_WORDS[i % len(STATUS_WORDS)],
+            [0, 50, 100, 7, 99][i % 5],
+            "1234/1234",
+            LOG,
+        )
+        for i in range(nodes)
+    ]
+    return _Frame(rows, _Traffic(delivered=12, to_ended=3, to_running=1))
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+
+def test_at_80_columns_ids_roles_status_words_and_percent_are_whole() -> None:
+    lines = _render(_frame(), 80)
+
+    assert max(len(line) for line in lines) <= 80
+    rows = _rows(lines)
+    assert [r[0] for r in rows] == [f"node-{i}" for i in range(1, 6)]
+    assert [r[1] for r in rows] == ["aggregator"] + ["default"] * 4
+    assert [r[2] for r in rows] == list(STATUS_WORDS)
+    assert [r[3].split()[-1] for r in rows] == ["0%", "50%", "100%", "7%", "99%"]
+    assert rows[2][3].startswith("━"), "a progress bar is still drawn"
+    assert {r[4] for r in rows} == {"1234/1234"}
+    # the log column takes what is left and is the one cut
+    assert all(r[5].endswith("…") and LOG.startswith(r[5][:-1]) for r in rows)
+    assert len(rows[0][5]) >= 8
+
+
+def _widths(lines: list[str]) -> list[int]:
+    """The columns' widths, from the table's top border."""
+    top = next(line for line in lines if line.startswith("┏"))
+    return [len(cell) for cell in top[1:-1].split("┳")]
+
+
+def test_the_progress_bar_shrinks_before_the_log_column() -> None:
+    wide, roomy, narrow = (_render(_frame(), width) for width in (160, 110, 80))
+
+    # node, role, status and out/in keep their widths; progress and log share the rest
+    assert _widths(wide)[:3] == _widths(roomy)[:3] == _widths(narrow)[:3]
+    assert _widths(wide)[4] == _widths(roomy)[4] == _widths(narrow)[4]
+    progress = [_widths(lines)[3] for lines in (wide, roomy, narrow)]
+    log = [_widths(lines)[5] for lines in (wide, roomy, narrow)]
+    assert progress[0] > progress[1] > progress[2]  # the bar gave way first ...
+    assert log[1] == 40 + 2  # ... while the log column kept 40 characters (and padding)
+    assert log[0] > log[1] > log[2]  # ... and only then did the log column give way
+    assert _rows(wide)[0][5] == LOG  # with room enough, nothing is cut
+
+
+def test_a_very_narrow_terminal_drops_the_log_column_first() -> None:
+    lines = _render(_frame(), 60)
+
+    assert max(len(line) for line in lines) <= 60
+    assert "last log line" not in "".join(lines)
+    rows = _rows(lines)
+    assert [r[2] for r in rows] == list(STATUS_WORDS)
+    assert [r[3].split()[-1] for r in rows] == ["0%", "50%", "100%", "7%", "99%"]
+
+
+def test_drops_to_ended_nodes_are_counted_apart_and_only_lost_ones_are_red() -> None:
+    line = _traffic_line(_Traffic(delivered=2329, to_ended=431, to_running=2), rich=True)
+
+    assert line.plain == "messages: 2,329 delivered, 431 to nodes that had ended, 2 dropped"
+    styles = {line.plain[s.start : s.end]: str(s.style) for s in line.spans}
+    assert "red" not in styles["431 to nodes that had ended"]
+    assert "red" in styles["2 dropped"]
+    quiet = _traffic_line(_Traffic(delivered=8, to_ended=431, to_running=0), rich=False)
+    assert quiet == "messages: 8 delivered, 431 to nodes that had ended"
+    assert "dropped" not in quiet
+
+
+# --- whole runs --------------------------------------------------------------------------------
+
+
+def _table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(BOX_START)]
+
+
+@pytest.mark.slow
+async def test_the_last_frame_is_drawn_once_with_every_node_done(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    view = LiveView(stream, rich=True, width=80)
+    try:
+        result = await run_script(
+            EXAMPLE, nodes=3, data=DATA, out_dir=tmp_path / "out", timeout=60, observer=view
+        )
+    finally:
+        view.close()
+    view.close()  # a second close changes nothing
+
+    text = stream.getvalue()
+    assert result.ok
+    assert text.count("┏") == 1, text  # one table: no title of its own, no second frame
+    assert "analysis " not in text
+    rows = _rows(_table_lines(text))
+    assert [(r[0], r[2], r[3].split()[-1]) for r in rows] == [
+        (f"node-{i}", "executed", "100%") for i in (1, 2, 3)
+    ], text  # analyzers that reported 50 % are done all the same
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "messages: " in text and "dropped" not in text
+
+
+async def _interrupted(tmp_path: Path, view: LiveView) -> list[NodeOutcome]:
+    """Run the stuck analysis and cancel it (as Ctrl-C does) once every node executes."""
+    seen: list[NodeOutcome] = []
+
+    async def observer(platform: LocalPlatform, outcomes: list[NodeOutcome]) -> None:
+        await view(platform, outcomes)
+        seen[:] = outcomes
+        if all(platform.status(o.node_id) == "executing" for o in outcomes):
+            scope.cancel()
+
+    with anyio.fail_after(60), anyio.CancelScope() as scope:
+        try:
+            await run_script(STUCK, nodes=3, out_dir=tmp_path / "out", observer=observer)
+        finally:
+            view.close()
+    assert scope.cancelled_caught
+    return seen
+
+
+@pytest.mark.slow
+async def test_an_interrupted_run_ends_on_a_frame_with_the_final_statuses(
+    tmp_path: Path,
+) -> None:
+    stream = io.StringIO()
+
+    outcomes = await _interrupted(tmp_path, LiveView(stream, rich=True, width=80))
+
+    text = stream.getvalue()
+    assert [o.status for o in outcomes] == ["stopped"] * 3
+    assert text.count("┏") == 1, text
+    assert [r[2] for r in _rows(_table_lines(text))] == ["stopped"] * 3, text
+    assert "executing │" not in text
+
+
+@pytest.mark.slow
+async def test_an_interrupted_run_in_plain_lines_ends_with_the_final_statuses(
+    tmp_path: Path,
+) -> None:
+    stream = io.StringIO()
+
+    await _interrupted(tmp_path, LiveView(stream, rich=False))
+
+    text = stream.getvalue()
+    for node in ("node-1", "node-2", "node-3"):
+        assert f"[{node}] ----- stopped" in text, text
+    assert text.rstrip().splitlines()[-1].startswith("messages: ")
+
+
+# --- in a real terminal: tmux ------------------------------------------------------------------
+
+TMUX_WIDTH, TMUX_HEIGHT = 80, 30
+DEADLINE = 60.0
+DONE = "__flame_async_done__"
+
+
+def _install_tmux() -> str | None:
+    """Install tmux with apt-get; the reason it cannot be done, or None when it worked."""
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return "no apt-get on this machine to install tmux with"
+    if os.geteuid() != 0:
+        return "installing tmux needs root; run the tests as root or install tmux"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "--no-install-recommends", "tmux"]
+    reason = ""
+    for steps in ([install], [[apt, "update"], install]):  # the package lists may be missing
+        try:
+            for step in steps:
+                subprocess.run(
+                    step, check=True, capture_output=True, text=True, env=env, timeout=600
+                )
+        except subprocess.CalledProcessError as exc:
+            reason = f"{' '.join(exc.cmd)} failed ({exc.returncode}): {exc.stderr[-300:]}"
+            continue
+        except subprocess.TimeoutExpired as exc:
+            return f"{' '.join(map(str, exc.cmd))} took longer than 600 s"
+        if shutil.which("tmux"):
+            return None
+        reason = "apt-get installed tmux but it is not on PATH"
+    return reason
+
+
+@pytest.fixture(scope="session")
+def tmux() -> str:
+    """The tmux executable, installed first when it is missing."""
+    if shutil.which("tmux") is None:
+        reason = _install_tmux()
+        if reason is not None:
+            print(f"skipping the tmux tests: {reason}")
+            pytest.skip(f"tmux unavailable: {reason}")
+    found = shutil.which("tmux")
+    assert found is not None
+    return found
+
+
+class Terminal:
+    """A detached tmux session of 80 x 30 on a server of its own, running one command."""
+
+    def __init__(self, tmux: str, socket: Path) -> None:
+        self.base = [tmux, "-S", str(socket), "-f", os.devnull]
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            [*self.base, *args], check=True, capture_output=True, text=True, timeout=30
+        )
+        return done.stdout
+
+    def start(self, command: list[str]) -> None:
+        line = " ".join(_quote(a) for a in command)
+        # The shell stays after the command, so that its last screen can be read. Its trap
+        # keeps it alive through Ctrl-C (a handler, unlike ignoring the signal, is not
+        # inherited: the command still gets SIGINT as it would in a terminal).
+        script = (
+            f"trap : INT; cd {_quote(str(ROOT))} && env -u COLUMNS -u LINES PYTHONUNBUFFERED=1 "
+            f"{line}; echo {DONE} $?; exec sleep 3600"
+        )
+        size = ["-x", str(TMUX_WIDTH), "-y", str(TMUX_HEIGHT)]
+        # with more than one argument tmux runs the command itself, not through a shell
+        self.tmux("new-session", "-d", "-s", "live", *size, "sh", "-c", script)
+
+    def screen(self) -> str:
+        """The visible screen, wrapped lines joined (a line longer than 80 stays one line)."""
+        return self.tmux("capture-pane", "-p", "-J", "-t", "live")
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], what: str, seen: list[str] | None = None
+    ) -> str:
+        """Poll the screen until ``predicate`` holds (tmux offers no event for it)."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            screen = self.screen()
+            if seen is not None:
+                seen.append(screen)
+            if predicate(screen):
+                return screen
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} within {DEADLINE:g} s; the screen:\n{screen}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=30, check=False)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+@pytest.fixture
+def terminal(tmux: str, tmp_path: Path) -> Iterator[Terminal]:
+    # a short socket path: AF_UNIX paths have a length limit that tmp_path can exceed
+    socket = Path("/tmp") / f"flame-live-{os.getpid()}-{time.monotonic_ns()}.sock"
+    term = Terminal(tmux, socket)
+    try:
+        yield term
+    finally:
+        term.close()
+        socket.unlink(missing_ok=True)
+
+
+def _check_view_lines(screen: str) -> list[list[str]]:
+    """The table must fit: every line of it at most 80 wide and whole, every status word whole.
+
+    Returns the cells of its body rows.
+    """
+    table = _table_lines(screen)
+    for line in [*table, *(x for x in screen.splitlines() if x.startswith("messages: "))]:
+        assert len(line) <= TMUX_WIDTH, f"wider than {TMUX_WIDTH}: {line!r}\n{screen}"
+    for line in table:
+        assert line.rstrip()[-1] in "┓┃┩│┘", f"a cut table line: {line!r}\n{screen}"
+    rows = _rows(table)
+    for cells in rows:
+        assert re.fullmatch(r"node-\d+", cells[0]), screen
+        assert cells[1] in ("aggregator", "default"), screen
+        assert cells[2] in STATUS_WORDS, screen
+        assert re.search(r"\b\d{1,3}%$", cells[3]), screen
+    return rows
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flame_async.cli", *args]
+
+
+@pytest.mark.slow
+def test_the_table_fits_80_columns_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    terminal.start(
+        _cli("run", str(EXAMPLE), "--nodes", "3", "--data", str(DATA), "--out", str(out))
+    )
+    screens: list[str] = []
+
+    final = terminal.wait_for(lambda s: DONE in s, "end of the run", screens)
+
+    for screen in screens:  # every frame seen while the run went on, and the last
+        _check_view_lines(screen)
+    rows = _check_view_lines(final)
+    assert [(r[0], r[2], r[3].split()[-1]) for r in rows] == [
+        ("node-1", "executed", "100%"),
+        ("node-2", "executed", "100%"),
+        ("node-3", "executed", "100%"),
+    ], final
+    assert sum(line.startswith("┏") for line in final.splitlines()) == 1, final
+    assert sum(line.startswith("┃ node") for line in final.splitlines()) == 1, final
+    assert final.count("running ") == 1 and "analysis " not in final, final
+    assert f"{DONE} 0" in final
+    assert (out / "run.json").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_final_statuses_on_screen(terminal: Terminal, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    terminal.start(_cli("run", str(STUCK), "--nodes", "3", "--out", str(out), "--timeout", "120"))
+
+    def all_executing(screen: str) -> bool:
+        rows = _rows(_table_lines(screen))
+        return len(rows) == 3 and all(r[2] == "executing" for r in rows)
+
+    running = terminal.wait_for(all_executing, "table with every node executing")
+    _check_view_lines(running)
+    terminal.tmux("send-keys", "-t", "live", "C-c")
+    final = terminal.wait_for(lambda s: DONE in s, "end of the interrupted run")
+
+    rows = _check_view_lines(final)
+    assert [r[2] for r in rows] == ["stopped"] * 3, final
+    assert sum(line.startswith("┏") for line in final.splitlines()) == 1, final
+    assert f"{DONE} 130" in final
