@@ -24,6 +24,7 @@ _STATUS_STYLE: Final = {
     "running": "cyan",
     "executing": "cyan",
     "starting": "dim",
+    "blocked": "bold yellow",
 }
 
 # Column layout of the table (characters). Node id, role, status and progress percent are
@@ -170,6 +171,23 @@ def _log_lines(log: str) -> list[str]:
     return lines
 
 
+def _blocked_now(platform: LocalPlatform, node: str, *, short: bool = False) -> str:
+    """What to show while ``node``'s event loop is blocked (its watchdog reports it from a
+    thread), or ``""``; ``short`` for the table's log column (``analysis.py:7, 12 s``). A node
+    sharing the view's loop cannot be seen while it blocks; its warning log says so after."""
+    report = platform.blocked(node)
+    if report is None or not report.ongoing:
+        return ""
+    if short:
+        where = report.location.split(" (in ")[0] or "event loop"
+        return f"{where}, {report.seconds:.0f} s"
+    where = f" at {report.location}" if report.location else ""
+    return (
+        f"event loop blocked for {report.seconds:.0f} s{where}: nothing else of this node runs "
+        "until it returns (run such work with 'await asyncio.to_thread(...)')"
+    )
+
+
 def _final(outcome: NodeOutcome, *, closing: bool) -> str:
     """The status to show: once the view closes, nothing runs any more."""
     return "stopped" if closing and outcome.running else outcome.status
@@ -217,6 +235,7 @@ class LiveView:
         self._printed: Counter[str] = Counter()
         self._output_printed: Counter[str] = Counter()
         self._last_status: dict[str, str] = {}
+        self._blocks_printed: Counter[str] = Counter()
 
     async def __call__(self, platform: LocalPlatform, outcomes: Sequence[NodeOutcome]) -> None:
         """Update the view (called by the runner about ten times a second)."""
@@ -297,6 +316,10 @@ class LiveView:
             for _, stream, text in outcome.output[self._output_printed[node] :]:
                 lines.setdefault((stream, text), []).append(node)
             self._output_printed[node] = len(outcome.output)
+            block = _blocked_now(platform, node) if outcome.running else None
+            if block and not self._blocks_printed[node]:  # once: the seconds keep growing
+                lines.setdefault(("warn", block), []).append(node)
+                self._blocks_printed[node] = True
             status = _final(outcome, closing=closing)
             if self._last_status.get(node) != status and status not in ("starting", "running"):
                 lines.setdefault(("-----", status), []).append(node)
@@ -336,6 +359,9 @@ class LiveView:
                 last = outcome.output[-1][2]
             if outcome.status == "failed":
                 last = f"{outcome.error_type}: {outcome.error_message}".splitlines()[0]
+            block = _blocked_now(platform, node, short=True) if outcome.running else ""
+            if block and not closing:
+                status, last = "blocked", block
             rows.append(
                 _Row(node, outcome.role, status, percent, f"{sent[node]}/{received[node]}", last)
             )

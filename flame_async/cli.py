@@ -272,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flame-async: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "run" and args.out is not None and (args.out / "run.json").is_file():
+            print(f"interrupted; what the run saw: {args.out / 'run.json'}", file=sys.stderr)
         return 130
 
 

@@ -493,7 +493,8 @@ async def run_analysis(
             (before anything runs).
 
     Cancellation:
-        Stops every node and the platform.
+        Stops every node and the platform; with ``out_dir``, what the run saw so far is
+        still written there (``run.json`` with ``stop_reason`` ``"interrupted"``, logs, report).
     """
 
     async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
@@ -571,7 +572,9 @@ async def run_script(
         InvalidArgument: A bad option, or the in-memory transport asked for processes.
 
     Cancellation:
-        Stops every node (terminating processes) and the platform.
+        Stops every node (terminating processes) and the platform; with ``out_dir``, what the
+        run saw so far is still written there (``run.json`` with ``stop_reason``
+        ``"interrupted"``, logs, report).
     """
     if transport == "memory" and mode != "inprocess":
         raise InvalidArgument(
@@ -698,6 +701,16 @@ async def _run_nodes(
             if observer is not None:
                 await observer(platform, run.outcomes)
             return run.result(out_dir, mode, script)
+        except anyio.get_cancelled_exc_class():
+            # interrupted (Ctrl-C, or the caller cancelled): keep what the run saw so far
+            if out_dir is not None:
+                run.stop_reason = run.stop_reason or "interrupted"
+                run.record_blocks()
+                try:
+                    run.result(out_dir, mode, script)
+                except OSError as exc:  # never hide the interruption behind this
+                    log.warning("could not write the outputs of the interrupted run: %s", exc)
+            raise
         finally:
             run.watchdog.unsubscribe(watching)
 

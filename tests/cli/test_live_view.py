@@ -9,6 +9,7 @@ and say why.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fhir_mean_histogram.py"
 DATA = ROOT / "examples" / "data"
 STUCK = Path(__file__).parent / "analyses" / "stuck.py"
+BLOCKER = Path(__file__).parent / "analyses" / "blocker.py"
 
 STATUS_WORDS = ("executing", "executed", "failed", "stopped", "starting")
 BOX_START = ("┏", "┃", "┡", "│", "└")
@@ -185,6 +187,9 @@ async def test_an_interrupted_run_ends_on_a_frame_with_the_final_statuses(
     text = stream.getvalue()
     assert [o.status for o in outcomes] == ["stopped"] * 3
     assert text.count("┏") == 1, text
+    record = json.loads((tmp_path / "out" / "run.json").read_text())  # kept, though cut short
+    assert record["stop_reason"] == "interrupted"
+    assert [n["status"] for n in record["nodes"]] == ["stopped"] * 3
     assert [r[2] for r in _rows(_table_lines(text))] == ["stopped"] * 3, text
     assert "executing │" not in text
 
@@ -201,6 +206,41 @@ async def test_an_interrupted_run_in_plain_lines_ends_with_the_final_statuses(
     for node in ("node-1", "node-2", "node-3"):
         assert f"[{node}] ----- stopped" in text, text
     assert text.rstrip().splitlines()[-1].startswith("messages: ")
+
+
+@pytest.mark.slow
+async def test_a_node_whose_loop_is_blocked_shows_so_with_its_line(tmp_path: Path) -> None:
+    """A node in its own process reports a blocked loop from its watchdog thread: while the
+    block lasts, the table shows the node as blocked and where, and the plain lines say it
+    once."""
+    plain = io.StringIO()
+    view = LiveView(plain, rich=False)
+    table: list[str] = []
+
+    async def observer(platform: LocalPlatform, outcomes: list[NodeOutcome]) -> None:
+        await view(platform, outcomes)
+        report = platform.blocked("node-1")
+        if report is not None and report.ongoing:
+            table[:] = _render(LiveView._frame(platform, outcomes, closing=False), 80)
+            scope.cancel()
+
+    with anyio.fail_after(60), anyio.CancelScope() as scope:
+        try:
+            await run_script(
+                BLOCKER, nodes=2, mode="processes", out_dir=tmp_path / "out", observer=observer
+            )
+        finally:
+            view.close()
+    assert scope.cancelled_caught
+
+    rows = {r[0]: r for r in _rows(table)}
+    assert rows["node-1"][2] == "blocked", table
+    assert rows["node-1"][-1].startswith("blocker.py:14, "), table  # where, how long
+    assert rows["node-2"][2] != "blocked", table
+    text = plain.getvalue()
+    [line] = [ln for ln in text.splitlines() if "event loop blocked" in ln]
+    assert line.startswith("[node-1] warn  event loop blocked for "), text
+    assert "blocker.py:14 (in main)" in line, text
 
 
 # --- in a real terminal: tmux ------------------------------------------------------------------
@@ -380,3 +420,5 @@ def test_ctrl_c_leaves_the_final_statuses_on_screen(terminal: Terminal, tmp_path
     assert [r[2] for r in rows] == ["stopped"] * 3, final
     assert sum(line.startswith("┏") for line in final.splitlines()) == 1, final
     assert f"{DONE} 130" in final
+    assert "interrupted; what the run saw:" in final
+    assert json.loads((out / "run.json").read_text())["stop_reason"] == "interrupted"

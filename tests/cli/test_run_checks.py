@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fhir_mean_histogram.py"
 DATA = ROOT / "examples" / "data"
+ANALYSES = Path(__file__).parent / "analyses"
 
 GOOD = """\
 import asyncio
@@ -254,28 +255,9 @@ def test_a_hundred_nodes_failing_alike_read_as_one_failure(tmp_path: Path) -> No
     assert "anyio" not in output and "flame_async/" not in output  # only the user's frames
 
 
-BLOCKING = """\
-import asyncio
-import time
-
-from flame_async import FlameSDK
-
-
-async def main():
-    async with FlameSDK() as flame:
-        if flame.is_aggregator:
-            time.sleep(6)  # stands in for heavy numpy work on the event loop
-        await flame.wait_until_finished(timeout=60)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize("mode", ["inprocess", "processes"])
 def test_a_blocked_event_loop_is_named_with_its_line(tmp_path: Path, mode: str) -> None:
-    (tmp_path / "blocker.py").write_text(BLOCKING)
+    shutil.copy(ANALYSES / "blocker.py", tmp_path / "blocker.py")
     done = flame_async(
         "run",
         "blocker.py",
@@ -292,10 +274,10 @@ def test_a_blocked_event_loop_is_named_with_its_line(tmp_path: Path, mode: str) 
     assert "the run was stopped: timeout after 2 s" in done.stdout
     [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("  node-1's event loop")]
     assert "node-1's event loop" in line
-    assert "blocker.py:10 (in main)" in line
+    assert "blocker.py:14 (in main)" in line
     assert "asyncio.to_thread" in line
     seconds = float(line.split("blocked for ")[1].split(" s")[0])
     assert seconds >= 1.0  # at least the watchdog threshold
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     [node] = [n for n in record["nodes"] if n["node_id"] == "node-1"]
-    assert any("blocker.py:10 (in main)" in b for b in node["blocked"]), node
+    assert any("blocker.py:14 (in main)" in b for b in node["blocked"]), node
