@@ -251,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING
     handler = logging.StreamHandler()
     handler.setFormatter(_LineFormat())
+    # a node's analysis log reaches the view through the platform (as [node-1] ...): not twice
+    handler.addFilter(lambda record: not record.name.startswith("flame_async.analysis"))
     # analysis loggers have their own level (INFO, for the PO); the live view shows those
     handler.setLevel(level)
     logging.basicConfig(level=level, handlers=[handler])

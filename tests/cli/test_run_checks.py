@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,9 @@ if __name__ == "__main__":
 
 
 def flame_async(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m flame_async ARGS`` (the module form works like the command)."""
-    return subprocess.run(
+    """``python -m flame_async ARGS`` (the module form works like the command); checks that
+    the command left nothing running behind it."""
+    done = subprocess.run(
         [sys.executable, "-m", "flame_async", *args],
         capture_output=True,
         text=True,
@@ -48,6 +50,18 @@ def flame_async(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Compl
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         check=False,
     )
+    assert not left_running(cwd), left_running(cwd)
+    return done
+
+
+def left_running(cwd: Path) -> list[str]:
+    """The command lines of processes still running in ``cwd`` (nodes, checks)."""
+    found = []
+    for process in psutil.process_iter(["cwd", "cmdline", "status"]):
+        info = process.info
+        if info["cwd"] == str(cwd) and info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(" ".join(info["cmdline"] or []))
+    return found
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], *expected: str) -> str:
@@ -192,6 +206,28 @@ def test_a_data_folder_without_node_folders_is_refused(tmp_path: Path) -> None:
     assert_refused(done, "has no folder for any node", "node-1", "found hospital-a")
 
 
+NEEDS_DATA = """\
+import asyncio
+from flame_async import FlameSDK
+
+async def main():
+    async with FlameSDK() as flame:
+        return await flame.get_s3_data()
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_node_without_data_says_how_to_give_it_some(tmp_path: Path) -> None:
+    (tmp_path / "analysis.py").write_text(NEEDS_DATA)
+    done = flame_async("run", "analysis.py", "--nodes", "2", "--plain", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "UnknownDataSource" in done.stdout
+    assert "no data store is linked to this node" in done.stdout
+    assert "'flame-async run ... --data DIR', DIR/<node>/fhir/ and DIR/<node>/s3/" in done.stdout
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
 def test_the_timeout_must_be_a_positive_number(tmp_path: Path, value: str) -> None:
     (tmp_path / "analysis.py").write_text(GOOD)
@@ -257,12 +293,16 @@ def test_a_hundred_nodes_failing_alike_read_as_one_failure(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("mode", ["inprocess", "processes"])
 def test_a_blocked_event_loop_is_named_with_its_line(tmp_path: Path, mode: str) -> None:
+    """The aggregator sleeps 6 s on its loop. In processes mode the run stops at the timeout,
+    while the node still blocks (it began after the run did, so it lasts beyond 4 s), and its
+    watchdog reported the block a second after it began; in-process the shared loop is held,
+    and the run stops when it is free again."""
     shutil.copy(ANALYSES / "blocker.py", tmp_path / "blocker.py")
     done = flame_async(
         "run",
         "blocker.py",
         "--timeout",
-        "2",
+        "4",
         "--mode",
         mode,
         "--plain",
@@ -271,13 +311,18 @@ def test_a_blocked_event_loop_is_named_with_its_line(tmp_path: Path, mode: str) 
         cwd=tmp_path,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "the run was stopped: timeout after 2 s" in done.stdout
+    assert "the run was stopped: timeout after 4 s" in done.stdout
     [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("  node-1's event loop")]
     assert "node-1's event loop" in line
     assert "blocker.py:14 (in main)" in line
     assert "asyncio.to_thread" in line
     seconds = float(line.split("blocked for ")[1].split(" s")[0])
     assert seconds >= 1.0  # at least the watchdog threshold
+    # one line format while the run lasts: the node's warning once, as [node-1], not twice
+    during = (done.stdout + done.stderr).split("\nmessages: ")[0].splitlines()
+    assert during[0].startswith("running blocker.py on 3 nodes"), during
+    assert all(line.startswith("[node-") for line in during[1:]), during
+    assert sum("blocked" in line for line in during[1:]) == 1, during
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     [node] = [n for n in record["nodes"] if n["node_id"] == "node-1"]
     assert any("blocker.py:14 (in main)" in b for b in node["blocked"]), node
