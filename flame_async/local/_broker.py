@@ -14,6 +14,24 @@ HTTP or in memory), so connection failures are retried to behave the same.
 The send path is kept lean on purpose (a benchmark holds it to a small multiple of a raw HTTP
 round trip): no logging per message, one shared keep-alive session, and the delivery task is
 started before the 202 goes out.
+
+Who may do what (the real broker checks only the token's signature; nginx pins the analysis):
+
+* A token works only on its own node's gateway (403 otherwise): a node reads its own identity,
+  sends as itself and manages its own subscriptions. A message whose ``meta`` names a sender
+  (an original, ``akn_id`` null) or an acknowledger (``akn_id``) other than the token's node is
+  refused with 403, and so is a webhook at another node's gateway.
+
+Limits (each refusal names the limit):
+
+* A message is at most ``max_message_bytes`` as delivered (its compact JSON, the whole webhook
+  body), by default the SDK's :attr:`~flame_async.config.FlameConfig.max_api_body_bytes`
+  (16 MiB): what the receiving node API accepts. A larger one is refused at send time with 413,
+  not dropped at delivery. The send body may be up to 64 KiB larger (the recipients).
+* At most 1024 recipients per send, 64 subscriptions per node (409 beyond), 2048 characters
+  per webhook URL, 64 KiB per subscription body.
+* Messages taken but not yet delivered (or dropped) hold at most ``max_pending_bytes`` of
+  memory; a send beyond that answers 503 (the SDK retries it) until deliveries catch up.
 """
 
 from __future__ import annotations
@@ -42,19 +60,37 @@ from .._wire import (
     WireParticipant,
     WireParticipants,
 )
+from ..config import FlameConfig
 from ..errors import InvalidArgument
 from ._core import NodeUnreachable, PlatformCore
-from ._http import Call, Route, detail_response, json_response, read_json_object, require_bearer
+from ._http import (
+    Call,
+    Route,
+    detail_response,
+    json_response,
+    read_json_object,
+    require_bearer,
+    shown,
+)
 from ._node import LocalNode
 from ._records import DeliveryEvent, DeliveryOutcome
 
-__all__ = ["BrokerError", "BrokerService"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "BrokerError", "BrokerService"]
 
 logger = logging.getLogger("flame_async.local.broker")
 
 _DELIVERY_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
 _ATTEMPT_TIMEOUT: Final = 30.0
 _ACCEPTED: Final = 202
+
+DEFAULT_MAX_MESSAGE_BYTES: Final[int] = FlameConfig.model_fields["max_api_body_bytes"].default
+"""The broker's default message limit: what a node API takes by default (16 MiB)."""
+_ENVELOPE: Final = 64 * 1024  # what a send body may hold besides the message: the recipients
+_MAX_RECIPIENTS: Final = 1024
+_MAX_SUBSCRIPTIONS: Final = 64
+_MAX_WEBHOOK_URL: Final = 2048
+_SUBSCRIBE_LIMIT: Final = 64 * 1024
+_MAX_PENDING_BYTES: Final = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +128,25 @@ class _Outgoing:
 
 
 class BrokerError(InvalidArgument):
-    """A send or subscribe request is invalid; the text is the 400 ``detail``."""
+    """A send or subscribe request is refused; the text is the ``detail`` of the answer.
+
+    Args:
+        message: The reason.
+        status: The HTTP status of the answer (400 unless the reason is a limit or a right).
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Pending:
+    """The copies of one message still being delivered (its payload is held until the last)."""
+
+    __slots__ = ("copies",)
+
+    def __init__(self, copies: int) -> None:
+        self.copies = copies
 
 
 class BrokerService:
@@ -106,6 +160,11 @@ class BrokerService:
         jitter: Each delay ``d`` is drawn from ``[max(retry_initial, d - jitter*d), d + jitter*d]``
             (Reactor's ``Retry.backoff``, which the real broker uses).
         max_events: How many :class:`DeliveryEvent` are kept; the oldest go first.
+        max_message_bytes: The largest message accepted, as delivered (its compact JSON, the
+            whole webhook body); larger sends are refused with 413.
+        max_subscriptions: Subscriptions one node may hold at once.
+        max_pending_bytes: Bytes of taken but undelivered messages the broker holds at most;
+            sends beyond it answer 503 until deliveries end.
     """
 
     prefixes = ("/message-broker",)
@@ -119,8 +178,15 @@ class BrokerService:
         multiplier: float = 2.0,
         jitter: float = 0.75,
         max_events: int = 100_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_subscriptions: int = _MAX_SUBSCRIPTIONS,
+        max_pending_bytes: int = _MAX_PENDING_BYTES,
     ) -> None:
         self._core = core
+        self.max_message_bytes = max_message_bytes
+        self._max_subscriptions = max_subscriptions
+        self._max_pending_bytes = max(max_pending_bytes, max_message_bytes)
+        self._pending_bytes = 0
         self._retry_initial = retry_initial
         self._retries = retries
         self._multiplier = multiplier
@@ -143,7 +209,9 @@ class BrokerService:
         core = self._core
 
         def authed(handler: Any) -> Any:
-            return require_bearer(api.known_analysis(handler), core.issuer, core.analysis_id)
+            return require_bearer(
+                api.known_analysis(handler), core.issuer, core.analysis_id, node_id=node.node_id
+            )
 
         base = "/message-broker/analyses/{analysis_id}"
         return [
@@ -182,16 +250,37 @@ class BrokerService:
         """Register a webhook for ``node_id``; duplicates are allowed (and deliver twice).
 
         Raises:
-            BrokerError: ``webhook_url`` is not an absolute http(s) URL.
+            BrokerError: ``webhook_url`` is not an absolute http(s) URL or longer than 2048
+                characters (400), it is another node's API behind its gateway (403), or the
+                node has the most subscriptions allowed already (409).
         """
+        if len(webhook_url) > _MAX_WEBHOOK_URL:
+            raise BrokerError(
+                f"webhookUrl is {len(webhook_url)} characters long; at most "
+                f"{_MAX_WEBHOOK_URL} are accepted"
+            )
         try:
             url = URL(webhook_url)
         except (TypeError, ValueError) as exc:
             raise BrokerError(f"webhookUrl is not a URL: {exc}") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise BrokerError("webhookUrl must be an absolute http(s) URL")
-        subscription = _Subscription(str(uuid.uuid4()), webhook_url, self._delivery_target(url))
-        self._subscriptions[node_id][subscription.subscription_id] = subscription
+        target = self._delivery_target(url)
+        if isinstance(target, _NodeApi) and target.node_id != node_id:
+            raise BrokerError(
+                f"webhookUrl is the API of {target.node_id}; {node_id} may subscribe only its "
+                "own API (or a URL outside the platform)",
+                status=403,
+            )
+        subscriptions = self._subscriptions[node_id]
+        if len(subscriptions) >= self._max_subscriptions:
+            raise BrokerError(
+                f"{node_id} has {len(subscriptions)} subscriptions, the most a node may hold; "
+                "delete one first (DELETE .../messages/subscriptions/{subscriptionId})",
+                status=409,
+            )
+        subscription = _Subscription(str(uuid.uuid4()), webhook_url, target)
+        subscriptions[subscription.subscription_id] = subscription
         return subscription
 
     def subscriptions(self, node_id: str) -> list[_Subscription]:
@@ -226,6 +315,11 @@ class BrokerService:
             sender: The ``sub`` claim of the sender's token, recorded in the events.
             recipients: Node ids, validated by the caller.
             message: The JSON value to deliver.
+
+        Raises:
+            BrokerError: The message is larger than :attr:`max_message_bytes` as JSON (413),
+                nested too deeply to be written as JSON (400), or the broker holds too many
+                undelivered bytes already (503).
         """
         meta = message.get("meta") if isinstance(message, dict) else None
         category = message_id = None
@@ -234,7 +328,28 @@ class BrokerService:
                 category = value
             if isinstance(value := meta.get("id"), str):
                 message_id = value
-        outgoing = _Outgoing(sender, category, message_id, orjson.dumps(message), time.monotonic())
+        try:
+            payload = orjson.dumps(message)
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes (254)
+            raise BrokerError(f"the message cannot be delivered as JSON: {exc}") from exc
+        if len(payload) > self.max_message_bytes:
+            raise BrokerError(
+                f"the message is {len(payload)} bytes as JSON; the broker delivers at most "
+                f"{self.max_message_bytes} bytes (what a node API accepts, the SDK's "
+                "max_api_body_bytes): send large data through storage instead",
+                status=413,
+            )
+        copies = sum(len(self._subscriptions[recipient]) for recipient in recipients)
+        if copies and self._pending_bytes + len(payload) > self._max_pending_bytes:
+            raise BrokerError(
+                f"the broker holds {self._pending_bytes} bytes of messages not yet delivered "
+                f"(at most {self._max_pending_bytes}); try again once deliveries caught up",
+                status=503,
+            )
+        outgoing = _Outgoing(sender, category, message_id, payload, time.monotonic())
+        pending = _Pending(copies)
+        if copies:
+            self._pending_bytes += len(payload)
         for recipient in recipients:
             subscriptions = self._subscriptions[recipient]
             if not subscriptions:
@@ -249,7 +364,22 @@ class BrokerService:
                 )
                 continue
             for subscription in subscriptions.values():
-                self._core.spawn(self._deliver, outgoing, recipient, subscription)
+                self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending)
+
+    async def _deliver_held(
+        self,
+        outgoing: _Outgoing,
+        recipient: str,
+        subscription: _Subscription,
+        pending: _Pending,
+    ) -> None:
+        """:meth:`_deliver`, then release the payload's bytes once its last copy is done."""
+        try:
+            await self._deliver(outgoing, recipient, subscription)
+        finally:
+            pending.copies -= 1
+            if not pending.copies:
+                self._pending_bytes -= len(outgoing.payload)
 
     async def _post_copy(self, target: URL | _NodeApi, payload: bytes) -> int:
         """POST one copy; the answer's status.
@@ -418,7 +548,7 @@ class _NodeBroker:
         async def checked(call: Call) -> Response:
             analysis_id = call.params.get("analysis_id", self._analysis_id)
             if analysis_id != self._analysis_id:
-                return detail_response(404, f"unknown analysis {analysis_id}")
+                return detail_response(404, f"unknown analysis {shown(analysis_id)}")
             return await handler(call)  # type: ignore[no-any-return]
 
         return checked
@@ -431,13 +561,31 @@ class _NodeBroker:
     async def participant_self(self, call: Call) -> Response:
         return Response(200, self._self_json, headers={"content-type": "application/json"})
 
+    async def _message_body(self, call: Call) -> dict[str, Any] | Response:
+        limit = self._broker.max_message_bytes + _ENVELOPE
+        what = (
+            f"a broker send (a message of at most {self._broker.max_message_bytes} bytes, "
+            "plus 64 KiB for the recipients)"
+        )
+        return await read_json_object(call, limit=limit, what=what)
+
     async def send(self, call: Call) -> Response:
-        body = await read_json_object(call)
+        body = await self._message_body(call)
         if isinstance(body, Response):
             return body
-        recipients = body.get("recipients")
+        recipients = self._recipients(body.get("recipients"))
+        if isinstance(recipients, Response):
+            return recipients
+        return self._publish(call, body, recipients)
+
+    def _recipients(self, recipients: Any) -> list[str] | Response:
+        """The distinct recipients of a send, or the 400 answer naming what is wrong."""
         if not isinstance(recipients, list) or not recipients:
             return detail_response(400, "recipients must be a non-empty list of node ids")
+        if len(recipients) > _MAX_RECIPIENTS:
+            return detail_response(
+                400, f"{len(recipients)} recipients; a send names at most {_MAX_RECIPIENTS}"
+            )
         unique: list[str] = []
         for recipient in recipients:
             if not isinstance(recipient, str):
@@ -445,40 +593,71 @@ class _NodeBroker:
             if recipient == self._node.node_id:
                 return detail_response(400, f"a node cannot message itself ({recipient})")
             if recipient not in self._nodes:
-                return detail_response(400, f"{recipient} is not a participant of this analysis")
+                return detail_response(
+                    400, f"{shown(recipient)} is not a participant of this analysis"
+                )
             if recipient not in unique:
                 unique.append(recipient)
-        return self._publish(call, body, unique)
+        return unique
 
     async def broadcast(self, call: Call) -> Response:
-        body = await read_json_object(call)
+        body = await self._message_body(call)
         if isinstance(body, Response):
             return body
         return self._publish(call, body, self._others)
 
     def _publish(self, call: Call, body: dict[str, Any], recipients: list[str]) -> Response:
-        if body.get("message") is None:
+        message = body.get("message")
+        if message is None:
             return detail_response(400, "message is missing")
+        if (forged := self._forged(message)) is not None:
+            return detail_response(403, forged)
         # the wire model's shape, without a second pass over a possibly large message
-        request = SendRequest.model_construct(recipients=recipients, message=body["message"])
-        sender = call.claims.get("sub")
-        self._broker.publish(
-            sender if isinstance(sender, str) else None, request.recipients, request.message
-        )
+        request = SendRequest.model_construct(recipients=recipients, message=message)
+        try:
+            self._broker.publish(self._node.node_id, request.recipients, request.message)
+        except BrokerError as exc:
+            return detail_response(exc.status, str(exc))
         return Response(_ACCEPTED)
 
+    def _forged(self, message: Any) -> str | None:
+        """Why ``message`` claims to come from another node than the sender, if it does.
+
+        An original (``meta.akn_id`` null) names its sender in ``meta.sender``, an
+        acknowledgement its acknowledger in ``meta.akn_id`` (PROTOCOL.md §2.7-2.8); both must
+        be the node whose token sent it. Messages without ``meta`` carry no identity to check.
+        """
+        meta = message.get("meta") if isinstance(message, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        me = self._node.node_id
+        acknowledger = meta.get("akn_id")
+        if acknowledger is None:
+            sender = meta.get("sender", me)
+            if sender != me:
+                return (
+                    f"meta.sender is {shown(sender)!r}, but the token belongs to {me}: a node "
+                    "sends only as itself"
+                )
+        elif acknowledger != me:
+            return (
+                f"meta.akn_id is {shown(acknowledger)!r}, but the token belongs to {me}: a node "
+                "acknowledges only as itself"
+            )
+        return None
+
     async def subscribe(self, call: Call) -> Response:
-        body = await read_json_object(call)
+        body = await read_json_object(call, limit=_SUBSCRIBE_LIMIT, what="a subscription")
         if isinstance(body, Response):
             return body
         try:
             webhook_url = SubscriptionRequest.model_validate(body).webhook_url
         except ValidationError:
-            return detail_response(400, "webhookUrl is missing")
+            return detail_response(400, "webhookUrl is missing or not a string")
         try:
             subscription = self._broker.subscribe(self._node.node_id, webhook_url)
         except BrokerError as exc:
-            return detail_response(400, str(exc))
+            return detail_response(exc.status, str(exc))
         location = (
             f"/analyses/{self._analysis_id}/messages/subscriptions/{subscription.subscription_id}"
         )

@@ -17,6 +17,12 @@ Behind each node gateway:
   for a route that does not exist). The FHIR search is described in :mod:`._fhir`. S3 lists
   every key in one ``ListBucketResult`` (``prefix`` filters; other listing parameters such as
   ``delimiter`` or ``max-keys`` are ignored) and streams objects.
+
+Nothing outside a node's ``fhir/`` or ``s3/`` folder is ever served: a FHIR file that is a
+symbolic link to somewhere else stops the platform at start (:class:`DataFolderError`), and an
+S3 key that resolves outside the folder is neither listed nor served. Symbolic links to folders
+are not followed when listing. The listing needs the token of the node whose gateway is called
+(403 for another node's), the Kong routes that node's own ``apikey``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import hmac
 import logging
 import mimetypes
+import os
 import re
 import time
 import uuid
@@ -59,6 +66,7 @@ _RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FHIR_JSON = "application/fhir+json"
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _TIMEOUT_MS = 60_000
+_MAX_KEY = 1024  # S3's own limit on a key, in bytes
 
 
 class DataFolderError(InvalidArgument):
@@ -108,10 +116,44 @@ def load_data_folder(data_dir: Path, node_ids: Sequence[str]) -> dict[str, NodeD
     return data
 
 
+def _files_within(root: Path) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """The regular files under ``root`` (blocking), and the links that lead out of it.
+
+    Symbolic links to files are followed when their target is inside ``root`` (resolved);
+    symbolic links to folders are not followed.
+
+    Returns:
+        ``(key, path)`` of each file inside, ``key`` its ``/``-separated path below ``root``
+        (sorted by key), and the paths below ``root`` that resolve outside it.
+    """
+    real_root = root.resolve()
+    inside: list[tuple[str, Path]] = []
+    outside: list[Path] = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                real = path.resolve()
+            except (OSError, RuntimeError):  # a loop of links
+                continue
+            if not real.is_relative_to(real_root):
+                outside.append(path)
+            elif real.is_file():
+                inside.append((path.relative_to(root).as_posix(), path))
+    inside.sort()
+    return inside, outside
+
+
 def _load_fhir(folder: Path) -> FhirStore:
     resources: list[dict[str, Any]] = []
     origin: dict[tuple[str, str], str] = {}
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file())
+    found, outside = _files_within(folder)
+    if outside:
+        raise DataFolderError(
+            f"{outside[0]} is a link to {outside[0].resolve()}, outside the node's FHIR folder "
+            f"{folder}: the platform serves only what is inside it; copy the file there"
+        )
+    files = [path for _, path in found if path.suffix in (".json", ".ndjson")]
     for path in files:
         for number, (where, value) in enumerate(_read_resources(path)):
             # servers assign missing ids; ours stay the same across runs
@@ -233,7 +275,7 @@ class DataService:
             given = call.request.headers.get("apikey")
             if given is None:
                 return _kong_message(401, "No API key found in request")
-            if not hmac.compare_digest(given.encode(), apikey):
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), apikey):
                 return _kong_message(401, "Invalid authentication credentials")
             tail = call.params.get("tail", "").removeprefix("/")
             if source.fhir is not None:
@@ -250,7 +292,11 @@ class DataService:
                 "GET",
                 "/hub-adapter/kong/datastore/{project_id}",
                 require_bearer(
-                    datastores, core.issuer, core.analysis_id, rejected=(403, "JWT is malformed")
+                    datastores,
+                    core.issuer,
+                    core.analysis_id,
+                    node_id=node.node_id,
+                    rejected=(403, "JWT is malformed"),
                 ),
             ),
             Route("GET", "/kong/{name}/{kind:fhir|s3}{tail:(/.*)?}", kong),
@@ -387,22 +433,33 @@ def _media_type(path: Path) -> str:
 
 
 def _list_objects(root: Path, prefix: str) -> list[tuple[str, int, float]]:
-    """``(key, size, mtime)`` of every file under ``root`` whose key starts with ``prefix``."""
+    """``(key, size, mtime)`` of every file under ``root`` whose key starts with ``prefix``
+    (links leading out of ``root`` are left out, as :func:`_object_path` refuses them)."""
     found = []
-    for path in root.rglob("*"):
-        key = path.relative_to(root).as_posix()
-        if key.startswith(prefix) and path.is_file():
-            stat = path.stat()
+    for key, path in _files_within(root)[0]:
+        if key.startswith(prefix):
+            try:
+                stat = path.stat()
+            except OSError:  # gone meanwhile
+                continue
             found.append((key, stat.st_size, stat.st_mtime))
-    return sorted(found)
+    return found
 
 
 def _object_path(root: Path, key: str) -> Path | None:
     """The file of ``key``, or None if there is none (keys never leave ``root``)."""
-    if key.startswith("/") or ".." in PurePosixPath(key).parts:
+    if (
+        key.startswith("/")
+        or ".." in PurePosixPath(key).parts
+        or len(key.encode("utf-8", "replace")) > _MAX_KEY
+        or not key.isprintable()
+    ):
         return None
-    path = (root / key).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
+    try:
+        path = (root / key).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, ValueError, RuntimeError):  # too long for the OS, a loop of links
+        return None
 
 
 def _list_bucket(name: str, prefix: str, objects: list[tuple[str, int, float]]) -> bytes:

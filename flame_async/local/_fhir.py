@@ -16,7 +16,8 @@ route from a :class:`FhirStore`: a read of ``{type}/{id}`` and a type-level sear
 Any other parameter, or a modifier such as ``code:text``, is refused with a 400 OperationOutcome
 (``not-supported``) rather than ignored, so an analysis never mistakes an unfiltered answer for
 a filtered one. ``Prefer: handling=lenient`` (FHIR's own switch) ignores them instead.
-Resources are returned in file order.
+A search takes at most 64 parameters (``too-costly`` otherwise). Resources are returned in file
+order.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
 
-__all__ = ["DEFAULT_COUNT", "FhirSearchError", "FhirStore", "SearchPage", "operation_outcome"]
+__all__ = [
+    "DEFAULT_COUNT",
+    "MAX_PARAMS",
+    "FhirSearchError",
+    "FhirStore",
+    "SearchPage",
+    "operation_outcome",
+]
 
 DEFAULT_COUNT: Final = 50
+MAX_PARAMS: Final = 64
 _IGNORED = frozenset({"_format", "_pretty", "_total"})
 _SUPPORTED = "_id, code, subject, patient, _count, _offset, _summary=count"
 
@@ -141,8 +150,13 @@ class FhirStore:
             lenient: Ignore unsupported parameters instead of refusing them.
 
         Raises:
-            FhirSearchError: A parameter is unsupported (unless ``lenient``) or invalid.
+            FhirSearchError: A parameter is unsupported (unless ``lenient``) or invalid, or
+                there are more than :data:`MAX_PARAMS` of them.
         """
+        if len(params) > MAX_PARAMS:
+            raise FhirSearchError(
+                "too-costly", f"{len(params)} search parameters; at most {MAX_PARAMS} are taken"
+            )
         count, offset, summary_count = DEFAULT_COUNT, 0, False
         filters: list[_Filter] = []
         kept: list[tuple[str, str]] = []

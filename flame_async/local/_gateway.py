@@ -7,6 +7,11 @@ serves answer 501. A gateway is a request handler on the project's own types: th
 serves it on the node's own port (and behind the shared port, routed by the
 ``Host: nginx-{DEPLOYMENT_NAME}`` header, so a container that knows nothing about the local
 platform reaches it with ``HTTP_PROXY``); the in-memory transport calls it directly.
+
+Who may call a service is the service's business (:func:`~flame_async.local._http.require_bearer`
+binds every token to its node's gateway, on the node's own port and behind the shared port
+alike). The gateway only guarantees that no input gets a 5xx: a request aiohttp's parser fails
+on while a service reads it is answered 400, and only the platform's own bugs answer 500.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from contextlib import AsyncExitStack
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .._transport import Handler, Request, Response, aiohttp_app
 from ._http import Call, Route, RouteTable, detail_response
@@ -56,9 +62,12 @@ class Gateway:
         self._table = table
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request to this node's gateway."""
+        """Answer one request to this node's gateway (never raises but for cancellation)."""
         try:
             return await self._table.dispatch(Call(request, self.node))
+        except HttpProcessingError as exc:  # what the client sent cannot be parsed
+            reason = exc.message or type(exc).__name__
+            return detail_response(400, f"the request is malformed: {reason}")
         except Exception:  # a server answers 500 for its own bugs; so does this one
             logger.exception("%s %s on %s failed", request.method, request.path, self.node.node_id)
             return detail_response(500, "Internal Server Error")

@@ -25,15 +25,71 @@ from typing import Any, Final
 import anyio
 import orjson
 
-__all__ = ["DEFAULT_FILENAME", "LocalObject", "LocalStore", "TagError", "check_tag"]
+__all__ = [
+    "DEFAULT_FILENAME",
+    "MAX_NAME_BYTES",
+    "InvalidName",
+    "LocalObject",
+    "LocalStore",
+    "TagError",
+    "check_media_type",
+    "check_name",
+    "check_tag",
+]
 
 DEFAULT_FILENAME: Final = "data.bin"
+MAX_NAME_BYTES: Final = 255
+"""Longest file name (as UTF-8) recorded or written: what most file systems take."""
+_MAX_MEDIA_TYPE: Final = 255
 _TAG = re.compile(r"[a-z0-9]{1,2}|[a-z0-9][a-z0-9-]{0,30}[a-z0-9]")
+_TCHARS = r"[\w!#$%&'*+.^`|~-]+"  # RFC 9110 token characters
+_MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}(?:[ \t]*;[\x20-\x7e]*)?", re.ASCII)
 _INDEX_VERSION = 1
 
 
 class TagError(ValueError):
     """A tag is invalid, or tagging conflicts with the object's recorded filename."""
+
+
+class InvalidName(ValueError):
+    """A file name or content type cannot be recorded (the message says why)."""
+
+
+def check_name(name: str) -> str:
+    """``name`` without the characters a file name must not hold (controls, unpaired
+    surrogates, separators other than the space).
+
+    Raises:
+        InvalidName: What is left is longer than :data:`MAX_NAME_BYTES` as UTF-8.
+    """
+    if len(name) > 4 * MAX_NAME_BYTES:  # too long whatever is dropped: don't scan it all
+        raise InvalidName(
+            f"the file name is {len(name)} characters long; at most {MAX_NAME_BYTES} bytes "
+            "(as UTF-8) are accepted"
+        )
+    cleaned = "".join(ch for ch in name if ch.isprintable())
+    size = len(cleaned.encode())
+    if size > MAX_NAME_BYTES:
+        raise InvalidName(
+            f"the file name is {size} bytes long as UTF-8; at most {MAX_NAME_BYTES} are "
+            "accepted, use a shorter one"
+        )
+    return cleaned
+
+
+def check_media_type(value: str) -> str:
+    """``value`` if it is a media type such as ``text/csv; charset=utf-8``.
+
+    Raises:
+        InvalidName: It is longer than 255 characters or not ``type/subtype[; parameters]``
+            in printable ASCII.
+    """
+    if len(value) > _MAX_MEDIA_TYPE or not _MEDIA_TYPE.fullmatch(value):
+        raise InvalidName(
+            f"content type {value[:_MAX_MEDIA_TYPE]!r} is not a media type "
+            f"(type/subtype[; parameters], printable ASCII, at most {_MAX_MEDIA_TYPE} characters)"
+        )
+    return value
 
 
 def check_tag(tag: str) -> None:

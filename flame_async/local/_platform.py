@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import secrets
@@ -27,11 +28,19 @@ from .._transport import AiohttpTransport, Request, Response, Transport
 from .._wire import ANNOUNCE_PATH, BLOCKED_PATH, ApiAnnouncement, BlockReport
 from ..config import FlameConfig
 from ..errors import FlameError, InvalidArgument
-from ._broker import BrokerService
+from ._broker import DEFAULT_MAX_MESSAGE_BYTES, BrokerService
 from ._core import PlatformCore
 from ._data import DataService, NodeData, load_data_folder
 from ._gateway import Gateway, bind_socket, serve, shared_handler
-from ._http import Call, Route, detail_response, read_json_object, require_bearer
+from ._http import (
+    Call,
+    Route,
+    RouteHandler,
+    detail_response,
+    read_json_object,
+    require_bearer,
+    validation_response,
+)
 from ._memory import MemoryTransport
 from ._node import LocalNode
 from ._po import PodOrchestrator
@@ -53,6 +62,7 @@ _SHORT_ID_LEN = 8
 MAX_NODE_ID_LEN = 63 - len("nginx-analysis--") - _SHORT_ID_LEN
 _MAX_CONNECTIONS = 256
 _MEMORY_GATEWAY_PORT: Final = 80
+_ADMIN_LIMIT: Final = 16 * 1024
 
 TransportKind = Literal["http", "memory"]
 """How nodes reach the platform: real HTTP on 127.0.0.1, or calls in this event loop."""
@@ -73,7 +83,12 @@ class _Running:
 
 
 class _PlatformAdmin:
-    """Local-only routes: a node tells its gateway which port its API got."""
+    """Local-only routes: a node tells its gateway which port its API got, or that its event
+    loop is blocked.
+
+    Only the node itself may (its own token on its own gateway, 403 otherwise): an announcement
+    decides where the node's messages and status calls go. Bodies are at most 16 KiB (413).
+    """
 
     prefixes = ("/local-platform",)
 
@@ -82,7 +97,7 @@ class _PlatformAdmin:
 
     def routes(self, node: LocalNode) -> Iterable[Route]:
         async def announce(call: Call) -> Response:
-            body = await read_json_object(call)
+            body = await read_json_object(call, limit=_ADMIN_LIMIT, what="an API announcement")
             if isinstance(body, Response):
                 return body
             try:
@@ -94,20 +109,26 @@ class _PlatformAdmin:
             return Response(204)
 
         async def blocked(call: Call) -> Response:
-            body = await read_json_object(call)
+            body = await read_json_object(call, limit=_ADMIN_LIMIT, what="a block report")
             if isinstance(body, Response):
                 return body
             try:
                 report = BlockReport.model_validate(body)
-            except ValidationError:
-                return detail_response(422, "the body must be a block report")
+            except ValidationError as exc:
+                return validation_response(exc)
+            if not math.isfinite(report.seconds):
+                return detail_response(422, "seconds must be a finite number")
             self._core.blocked[node.node_id] = report
             return Response(204)
 
         core = self._core
+
+        def own(handler: RouteHandler) -> RouteHandler:
+            return require_bearer(handler, core.issuer, core.analysis_id, node_id=node.node_id)
+
         return [
-            Route("PUT", ANNOUNCE_PATH, require_bearer(announce, core.issuer, core.analysis_id)),
-            Route("PUT", BLOCKED_PATH, require_bearer(blocked, core.issuer, core.analysis_id)),
+            Route("PUT", ANNOUNCE_PATH, own(announce)),
+            Route("PUT", BLOCKED_PATH, own(blocked)),
         ]
 
 
@@ -160,6 +181,17 @@ class LocalPlatform:
             local upload.
         transport: ``"http"`` (real servers on ``host``; the faithful default) or
             ``"memory"`` (no sockets at all; nodes must use :meth:`transport_for`).
+        max_message_bytes: The largest broker message accepted, as delivered (its compact
+            JSON: the whole webhook body). The default is what a node API takes by default
+            (:attr:`FlameConfig.max_api_body_bytes <flame_async.config.FlameConfig>`, 16 MiB),
+            so a message too large for the receiver is refused at send time (413), not
+            dropped at delivery. With another value, give the nodes the same
+            ``max_api_body_bytes`` (``node.config(max_api_body_bytes=...)``).
+
+    Every node service takes a token only on its own node's gateway (on its own port and
+    behind the shared port alike): another node's token is answered 403 with the reason, so
+    one node never acts as another. Each service bounds what it reads and refuses more with
+    413 naming the limit; bad input gets a 4xx, never a 5xx.
 
     Raises:
         InvalidArgument: An id or option is invalid (raised by the constructor).
@@ -182,9 +214,19 @@ class LocalPlatform:
         data_dir: Path | None = None,
         state_dir: Path | None = None,
         transport: TransportKind = "http",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if transport not in ("http", "memory"):
             raise InvalidArgument(f"transport must be 'http' or 'memory', got {transport!r}")
+        if (
+            not isinstance(max_message_bytes, int)
+            or isinstance(max_message_bytes, bool)
+            or max_message_bytes < 1
+        ):
+            raise InvalidArgument(
+                f"max_message_bytes must be a positive number of bytes, got {max_message_bytes!r}"
+            )
+        self._max_message_bytes = max_message_bytes
         self.transport: TransportKind = transport
         self._node_ids = _node_ids(nodes)
         if aggregator is None:
@@ -318,7 +360,11 @@ class LocalPlatform:
             session=session,
             task_group=task_group,
         )
-        broker = BrokerService(core, retry_initial=self._webhook_retry_initial)
+        broker = BrokerService(
+            core,
+            retry_initial=self._webhook_retry_initial,
+            max_message_bytes=self._max_message_bytes,
+        )
         po = PodOrchestrator(core, interval=self._po_interval)
         storage = StorageService(
             core,
@@ -414,6 +460,14 @@ class LocalPlatform:
     def state_dir(self) -> Path:
         """The folder where local objects and tags persist across runs."""
         return self._state_dir
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest broker message accepted, in bytes, as delivered (its compact JSON).
+
+        Larger sends are refused by the broker with 413; send such data through storage.
+        """
+        return self._max_message_bytes
 
     # -- once entered (and still after exit) ---------------------------------------------------
 
@@ -552,6 +606,10 @@ class LocalPlatform:
 
     def logs(self, node_id: str) -> list[LogRecord]:
         """The log lines ``node_id`` streamed to the pod orchestrator, oldest first.
+
+        The PO keeps the last 20 000 entries and 16 Mi characters of log text per node; an
+        entry longer than 64 Ki characters or 1000 lines is cut and ends with a marker saying
+        how long it was.
 
         Raises:
             PlatformStateError: The platform has not been entered.

@@ -6,6 +6,20 @@ its partners' statuses (``/partner_status``), read its ``/healthz`` and refresh 
 before it expires (``/token_refresh``). The loop stops once the node's status is terminal.
 
 Locally the ``/partner_status`` keys are node ids; the real Hub sends analysis-node record ids.
+
+A node streams only its own logs: its token works on its own gateway only (403 otherwise), and
+a log for another analysis than the token's is refused (403).
+
+Limits (a log entry is one request's ``log``, one :class:`~flame_async.local.LogRecord`):
+
+* A request body is at most 1 MiB (413 naming the limit).
+* An entry keeps at most 64 Ki characters and 1000 lines; the rest is cut and the entry ends
+  with the marker :data:`TRUNCATED` saying how much there was. Cutting rather than refusing
+  keeps the status and progress the entry carries, and the start of a long traceback.
+* Per node the PO keeps the last 20 000 entries and at most 16 Mi characters of log text,
+  whichever is reached first; older entries go first (a ring buffer).
+* A validation error is answered 422 in FastAPI's shape; its ``input`` is shown only when it
+  is short and serialisable (an integer beyond 64 bits is described, not echoed).
 """
 
 from __future__ import annotations
@@ -22,21 +36,37 @@ import anyio
 import orjson
 from pydantic import ValidationError
 
-from .._transport import BodyTooLarge, Request, Response
+from .._transport import Request, Response
 from .._wire import HealthAnswer, StreamLog
 from ._core import NodeUnreachable, PlatformCore
-from ._http import Call, Route, detail_response, json_response, require_bearer
+from ._http import (
+    Call,
+    Route,
+    detail_response,
+    json_response,
+    read_body,
+    require_bearer,
+    shown,
+    validation_response,
+)
 from ._node import LocalNode
 from ._records import LogRecord
 
-__all__ = ["TERMINAL_STATUSES", "PodOrchestrator"]
+__all__ = ["TERMINAL_STATUSES", "TRUNCATED", "PodOrchestrator"]
 
 logger = logging.getLogger("flame_async.local.po")
 
 TERMINAL_STATUSES = frozenset({"executed", "failed", "stopped"})
 """Statuses after which the PO stops polling a node."""
 
-_LOG_LIMIT: Final = 16 * 1024 * 1024
+TRUNCATED: Final = "\n[… cut by the local platform: {chars} characters, {lines} lines in all]"
+"""Ends a log entry that was cut (formatted with the entry's original size)."""
+
+_BODY_LIMIT: Final = 1 << 20
+_MAX_ENTRY_CHARS: Final = 64 * 1024
+_MAX_ENTRY_LINES: Final = 1000
+_MAX_ENTRIES: Final = 20_000
+_MAX_KEPT_CHARS: Final = 16 << 20
 
 
 @dataclass(slots=True)
@@ -47,6 +77,18 @@ class _NodeState:
     progress: int = 0
     health: str | None = None
     token_refreshes: int = 0
+    kept_chars: int = 0  # of the log texts in ``logs``
+
+
+def _cut(text: str) -> str:
+    """``text``, or its first 64 Ki characters / 1000 lines and :data:`TRUNCATED`."""
+    if len(text) <= _MAX_ENTRY_CHARS and text.count("\n") < _MAX_ENTRY_LINES:
+        return text
+    lines = text.count("\n") + 1
+    head = text[:_MAX_ENTRY_CHARS]
+    if head.count("\n") >= _MAX_ENTRY_LINES:
+        head = "\n".join(head.split("\n", _MAX_ENTRY_LINES)[:_MAX_ENTRY_LINES])
+    return head + TRUNCATED.format(chars=len(text), lines=lines)
 
 
 class PodOrchestrator:
@@ -57,7 +99,8 @@ class PodOrchestrator:
         interval: Seconds between two status-loop rounds of a node.
         healthz_attempts: Tries of ``GET /healthz`` per round before the node counts as
             unreachable.
-        max_logs: Log lines kept per node; the oldest go first.
+        max_logs: Log entries kept per node; the oldest go first.
+        max_log_chars: Characters of log text kept per node; the oldest entries go first.
     """
 
     prefixes = ("/po",)
@@ -68,9 +111,11 @@ class PodOrchestrator:
         *,
         interval: float = 2.0,
         healthz_attempts: int = 3,
-        max_logs: int = 100_000,
+        max_logs: int = _MAX_ENTRIES,
+        max_log_chars: int = _MAX_KEPT_CHARS,
     ) -> None:
         self._core = core
+        self._max_log_chars = max_log_chars
         self._interval = interval
         self._healthz_attempts = healthz_attempts
         self._healthz_pause = min(1.0, interval / 4)
@@ -84,7 +129,7 @@ class PodOrchestrator:
     # -- what the platform reads ---------------------------------------------------------------
 
     def logs(self, node_id: str) -> list[LogRecord]:
-        """The log lines ``node_id`` streamed, oldest first."""
+        """The log entries ``node_id`` streamed, oldest first (the last ones the PO keeps)."""
         return list(self._states[node_id].logs)
 
     def status(self, node_id: str) -> str | None:
@@ -109,12 +154,9 @@ class PodOrchestrator:
         """``POST /po/stream_logs`` for ``node``."""
 
         async def stream_logs(call: Call) -> Response:
-            try:
-                body = await call.request.read(_LOG_LIMIT)
-            except BodyTooLarge:
-                return detail_response(413, f"the log is larger than {_LOG_LIMIT} bytes")
-            except TypeError:
-                return detail_response(422, "the body must be JSON")
+            body = await read_body(call, limit=_BODY_LIMIT, what="a log request")
+            if isinstance(body, Response):
+                return body
             return self._stream_logs(node.node_id, body)
 
         core = self._core
@@ -122,7 +164,7 @@ class PodOrchestrator:
             Route(
                 "POST",
                 "/po/stream_logs",
-                require_bearer(stream_logs, core.issuer, core.analysis_id),
+                require_bearer(stream_logs, core.issuer, core.analysis_id, node_id=node.node_id),
             )
         ]
 
@@ -130,19 +172,22 @@ class PodOrchestrator:
         try:
             entry = StreamLog.model_validate_json(body)
         except ValidationError as exc:
-            errors = [
-                {**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)
-            ]
-            return Response(
-                422,
-                orjson.dumps({"detail": errors}, default=str),
-                headers={"content-type": "application/json"},
+            return validation_response(exc)
+        if entry.analysis_id != self._core.analysis_id:
+            return detail_response(
+                403,
+                f"the log is for analysis {shown(entry.analysis_id)!r}, but the token is for "
+                f"{self._core.analysis_id}",
             )
         state = self._states[node_id]
-        state.logs.append(
+        text = _cut(entry.log)
+        logs = state.logs
+        if len(logs) == logs.maxlen:
+            state.kept_chars -= len(logs[0].log)  # the deque drops it on append
+        logs.append(
             LogRecord(
                 node_id=node_id,
-                log=entry.log,
+                log=text,
                 log_type=entry.log_type,
                 status=entry.status,
                 progress=entry.progress,
@@ -150,9 +195,12 @@ class PodOrchestrator:
                 time=datetime.now(UTC),
             )
         )
+        state.kept_chars += len(text)
+        while state.kept_chars > self._max_log_chars and len(logs) > 1:
+            state.kept_chars -= len(logs.popleft().log)
         state.status = entry.status
         state.progress = max(state.progress, entry.progress)
-        logger.debug("%s [%s] %s", node_id, entry.log_type, entry.log)
+        logger.debug("%s [%s] %s", node_id, entry.log_type, text)
         return json_response(None)
 
     # -- status loop ---------------------------------------------------------------------------

@@ -19,6 +19,17 @@ gateway was called. Errors are FastAPI-style ``{"detail": ...}``.
 
 Uploads stream to disk part by part and downloads stream from disk, so memory stays flat
 whatever the size.
+
+Who may do what: a token works only on its own node's gateway (403 naming both nodes
+otherwise), so a node writes its own final results, uploads intermediate objects as itself and
+reads and tags only its own local objects. An intermediate object is read only by the receiver
+it was uploaded for (403 for any other node), naming its uploader.
+
+Limits, each refusal naming it: an upload is at most ``max_upload_bytes`` (4 GiB by default,
+413); a form has at most 16 parts (400), a text field at most 4 KiB (413); a file name (of a
+final result, or recorded with a tag) at most 255 bytes as UTF-8 after the path and control
+characters are dropped (400); a part's content type a media type of at most 255 characters
+(400). Whatever the client sends that cannot be parsed as a form is a 400, never a 500.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import math
 import random
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -35,21 +46,38 @@ from typing import Any, Final
 import anyio
 from yarl import URL
 
-from .._transport import FileBody, Form, FormPart, Response
+from .._transport import Buffer, FileBody, Form, FormPart, Response
 from .._wire import TagAnswer, TagEntry, TaggedAnswer, TaggedEntry, TagsAnswer, UploadAnswer
 from ._core import PlatformCore
-from ._http import Call, Route, RouteHandler, detail_response, json_response, require_bearer
-from ._localstore import LocalStore, TagError, check_tag
+from ._http import (
+    Call,
+    Route,
+    RouteHandler,
+    detail_response,
+    json_response,
+    require_bearer,
+    shown,
+)
+from ._localstore import (
+    InvalidName,
+    LocalStore,
+    TagError,
+    check_media_type,
+    check_name,
+    check_tag,
+)
 from ._node import LocalNode
 
 __all__ = ["StorageService", "laplace_noise"]
 
 _CHUNK: Final = 1 << 20  # bytes per disk write
-_FIELD_LIMIT: Final = 64 * 1024
+_FIELD_LIMIT: Final = 4 * 1024
+_MAX_PARTS: Final = 16
 _NUMBER_LIMIT: Final = 1024
 _OCTET_STREAM: Final = "application/octet-stream"
 _FALLBACK_FILENAME: Final = "result.bin"
-_MAX_FILENAME: Final = 200
+DEFAULT_MAX_UPLOAD_BYTES: Final = 4 << 30
+"""The largest upload the storage service takes by default (4 GiB)."""
 
 
 def laplace_noise(rng: random.Random, scale: float) -> float:
@@ -87,7 +115,8 @@ def _answers(handler: RouteHandler) -> RouteHandler:
 
 def _unprocessable(where: str, name: str, kind: str, message: str, value: Any) -> _Refused:
     """422 as FastAPI words it: ``{"detail": [{"type", "loc", "msg", "input"}]}``."""
-    return _Refused(422, [{"type": kind, "loc": [where, name], "msg": message, "input": value}])
+    detail = [{"type": kind, "loc": [where, name], "msg": message, "input": shown(value)}]
+    return _Refused(422, detail)
 
 
 def _missing(where: str, name: str) -> _Refused:
@@ -122,10 +151,58 @@ def _url(call: Call, path: str, **query: str) -> str:
 
 
 def _safe_filename(name: str | None) -> str:
-    """The last path component of ``name`` without control characters or leading dots."""
+    """The last path component of ``name`` without control characters or leading dots.
+
+    Raises:
+        _Refused: What is left is longer than 255 bytes as UTF-8 (400).
+    """
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     base = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
-    return base[:_MAX_FILENAME] or _FALLBACK_FILENAME
+    return _checked_name(base) or _FALLBACK_FILENAME
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except InvalidName as exc:
+        raise _Refused(400, str(exc)) from None
+
+
+def _malformed(exc: Exception) -> _Refused:
+    return _Refused(400, f"the multipart body is malformed: {exc or type(exc).__name__}")
+
+
+async def _guarded_parts(form: Form) -> AsyncIterator[FormPart]:
+    """The parts of ``form``; whatever parsing them raises becomes a 400.
+
+    Only the client's bytes can make a form parser fail (aiohttp's parser raises its own
+    errors, not only ``ValueError``, e.g. for control characters in a part header or a header
+    line over 8190 bytes), so every error of the parser is the client's.
+    """
+    parts = aiter(form)
+    while True:
+        try:
+            part = await anext(parts)
+        except StopAsyncIteration:
+            return
+        except _Refused:
+            raise
+        except Exception as exc:  # see above: the parser's errors are the client's
+            raise _malformed(exc) from exc
+        yield part
+
+
+async def _guarded_chunks(part: FormPart) -> AsyncIterator[Buffer]:
+    """The content of ``part``; whatever reading it raises becomes a 400 (see above)."""
+    chunks = aiter(part.chunks())
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:  # a part's decoding fails on the client's bytes
+            raise _malformed(exc) from exc
+        yield chunk
 
 
 @dataclass(slots=True)
@@ -152,61 +229,104 @@ class _Form:
             self.upload.path.unlink(missing_ok=True)
 
 
-async def _receive(call: Call, directory: Path) -> _Form:
+async def _receive(call: Call, directory: Path, max_upload: int) -> _Form:
     """Read a multipart form, streaming the part ``file`` into ``directory``.
 
     Raises:
-        _Refused: The body is not a multipart form (422) or malformed (400).
+        _Refused: The body is not a multipart form (422), malformed or has too many parts or
+            a second file (400), a field or the file is too large (413), or the file's content
+            type is not a media type (400).
 
     Cancellation: the partial upload is removed.
     """
     body = call.request.body
     if not isinstance(body, Form):
         raise _missing("body", "file")
+    declared = call.request.content_length
+    if declared is not None and declared > max_upload + _MAX_PARTS * _FIELD_LIMIT:
+        raise _Refused(413, f"the body is {declared} bytes; an upload is at most {max_upload}")
     form = _Form({}, None)
     try:
-        async for part in body:
-            if part.name == "file" and form.upload is None:
-                form.upload = await _save(part, directory)
-            elif part.name and part.filename is None:
-                form.fields[part.name] = await _read_field(part)
-    except ValueError as exc:  # aiohttp's word for a malformed multipart body
-        form.discard()
-        raise _Refused(400, f"the multipart body is malformed: {exc}") from exc
+        await _read_form(body, form, directory, max_upload)
     except BaseException:
         form.discard()
         raise
     return form
 
 
-async def _save(part: FormPart, directory: Path) -> _Upload:
+async def _read_form(body: Form, form: _Form, directory: Path, max_upload: int) -> None:
+    """Fill ``form`` from ``body`` (see :func:`_receive`)."""
+    count = 0
+    async for part in _guarded_parts(body):
+        count += 1
+        if count > _MAX_PARTS:
+            raise _Refused(400, f"the form has more than {_MAX_PARTS} parts")
+        if part.name == "file" and form.upload is None:
+            form.upload = await _save(part, directory, max_upload)
+        elif part.filename is not None:
+            raise _Refused(
+                400,
+                f"the form has a second file part ({shown(part.name)!r}); "
+                "upload one file, in the part 'file'",
+            )
+        else:  # read even without a name: an unnamed part is bounded like any field
+            value = await _read_field(part)
+            if part.name:
+                form.fields[part.name] = value
+
+
+async def _save(part: FormPart, directory: Path, max_upload: int) -> _Upload:
+    content_type = part.content_type or _OCTET_STREAM
+    try:
+        check_media_type(content_type)
+    except InvalidName as exc:
+        raise _Refused(400, f"the file part's {exc}") from None
     path = directory / f".{uuid.uuid4().hex}.part"
-    size = 0
     try:
         async with await anyio.open_file(path, "xb") as file:
-            # each chunk goes to disk as read: no joining, no extra copy of the body
-            async for chunk in part.chunks():
-                await file.write(chunk)
-                size += len(chunk)
+            size = await _write(part, file, max_upload)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return _Upload(path, part.filename, part.content_type or _OCTET_STREAM, size)
+    return _Upload(path, part.filename, content_type, size)
+
+
+async def _write(part: FormPart, file: anyio.AsyncFile[bytes], max_upload: int) -> int:
+    """Write the part's content to ``file`` as it is read (no joining, no extra copy).
+
+    Raises:
+        _Refused: It is larger than ``max_upload`` (413) or cannot be read (400).
+    """
+    size = 0
+    async for chunk in _guarded_chunks(part):
+        size += len(chunk)
+        if size > max_upload:
+            raise _Refused(
+                413, f"the file is larger than {max_upload} bytes, the most one upload takes"
+            )
+        await file.write(chunk)
+    return size
 
 
 async def _read_field(part: FormPart) -> str:
     data = bytearray()
-    async for chunk in part.chunks():
+    async for chunk in _guarded_chunks(part):
         data += chunk
         if len(data) > _FIELD_LIMIT:
-            raise _Refused(400, f"the form field {part.name} is too large")
+            raise _Refused(
+                413,
+                f"the form field {shown(part.name or '')!r} is larger than {_FIELD_LIMIT} bytes, "
+                "the most a text field takes",
+            )
     charset = "utf-8"
     if "charset=" in part.content_type:
         charset = part.content_type.split("charset=", 1)[1].split(";", 1)[0].strip() or "utf-8"
     try:
         return data.decode(charset)
-    except (UnicodeDecodeError, LookupError):
-        raise _Refused(400, f"the form field {part.name} is not text") from None
+    except (UnicodeError, LookupError):
+        raise _Refused(
+            400, f"the form field {shown(part.name)!r} is not text in {shown(charset)}"
+        ) from None
 
 
 def _read_number(path: Path) -> float | None:
@@ -240,14 +360,22 @@ class StorageService:
             ``work_dir/intermediate``.
         final_dir: Final results go to ``final_dir/{node_id}/``.
         state_dir: Root of the persistent local storage (see :mod:`._localstore`).
+        max_upload_bytes: The largest file one upload may carry (413 beyond).
     """
 
     prefixes = ("/storage",)
 
     def __init__(
-        self, core: PlatformCore, *, work_dir: Path, final_dir: Path, state_dir: Path
+        self,
+        core: PlatformCore,
+        *,
+        work_dir: Path,
+        final_dir: Path,
+        state_dir: Path,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         self._core = core
+        self.max_upload_bytes = max_upload_bytes
         self._intermediate_dir = work_dir / "intermediate"
         self._final_dir = final_dir
         project = state_dir / "projects" / core.project_id / "nodes"
@@ -273,7 +401,11 @@ class StorageService:
 
         def authed(handler: RouteHandler) -> RouteHandler:
             return require_bearer(
-                _answers(handler), core.issuer, core.analysis_id, rejected=(403, "JWT is malformed")
+                _answers(handler),
+                core.issuer,
+                core.analysis_id,
+                node_id=node.node_id,
+                rejected=(403, "JWT is malformed"),
             )
 
         return [
@@ -305,7 +437,7 @@ class _NodeStorage:
     async def _final_form(self, call: Call) -> tuple[_Form, Path]:
         directory = self._service._final_dir / self._node_id
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-        return await _receive(call, directory), directory
+        return await _receive(call, directory, self._service.max_upload_bytes), directory
 
     async def put_final(self, call: Call) -> Response:
         form, directory = await self._final_form(call)
@@ -324,10 +456,17 @@ class _NodeStorage:
             upload = form.file()
             epsilon = _positive(form.fields, "epsilon")
             sensitivity = _positive(form.fields, "sensitivity")
+            scale = sensitivity / epsilon
+            if not (math.isfinite(scale) and scale > 0):
+                raise _Refused(
+                    422,
+                    f"sensitivity / epsilon = {scale!r} is no usable noise scale; choose values "
+                    "whose ratio is a finite positive number",
+                )
             value = await anyio.to_thread.run_sync(_read_number, upload.path)
             if value is None:
                 raise _Refused(400, "The uploaded file does not contain a number")
-            noisy = value + laplace_noise(self._service._rng, sensitivity / epsilon)
+            noisy = value + laplace_noise(self._service._rng, scale)
             target = directory / _safe_filename(upload.filename)
             await anyio.to_thread.run_sync(_write_text, upload.path, repr(noisy), target)
         finally:
@@ -340,14 +479,14 @@ class _NodeStorage:
     async def put_intermediate(self, call: Call) -> Response:
         directory = self._service._intermediate_dir
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-        form = await _receive(call, directory)
+        form = await _receive(call, directory, self._service.max_upload_bytes)
         try:
             upload = form.file()
             receiver = form.fields.get("remote_node_id")
             if receiver is None:
                 raise _missing("body", "remote_node_id")
             if receiver not in self._nodes:
-                raise _Refused(404, f"Remote node with ID {receiver} does not exist.")
+                raise _Refused(404, f"Remote node with ID {shown(receiver)} does not exist.")
             object_id = str(uuid.uuid4())
             path = directory / object_id
             await anyio.Path(upload.path).replace(path)
@@ -358,7 +497,10 @@ class _NodeStorage:
         return json_response(UploadAnswer(url=url, object_id=object_id).wire())
 
     async def get_intermediate(self, call: Call) -> Response:
-        """Hand the object to its receiver once.
+        """Hand the object to its receiver once, then delete it.
+
+        Only the receiver it was uploaded for reads it (403 for another node), naming its
+        uploader (400 otherwise, as when the real service cannot decrypt it).
 
         Cancellation: an object not sent in full stays for another read.
         """
@@ -371,8 +513,14 @@ class _NodeStorage:
         if found is None:
             raise _Refused(404, f"Object with ID {object_id} does not exist")
         if sender not in self._nodes:
-            raise _Refused(404, f"Remote node with ID {sender} does not exist.")
-        if sender != found.uploader or self._node_id != found.receiver:
+            raise _Refused(404, f"Remote node with ID {shown(sender)} does not exist.")
+        if self._node_id != found.receiver:
+            raise _Refused(
+                403,
+                f"object {object_id} was uploaded for {found.receiver}, not for "
+                f"{self._node_id}: only its receiver reads it, on its own gateway",
+            )
+        if sender != found.uploader:
             raise _Refused(
                 400,
                 f"Failed to decrypt file with ID {object_id} which was encrypted by node {sender}.",
@@ -395,18 +543,19 @@ class _NodeStorage:
     # -- local -----------------------------------------------------------------------------
 
     async def put_local(self, call: Call) -> Response:
-        form = await _receive(call, await self._local.objects_dir())
+        form = await _receive(call, await self._local.objects_dir(), self._service.max_upload_bytes)
         try:
             upload = form.file()
             tag = form.fields.get("tag")
             if tag is not None:
                 _checked_tag(tag)
+            filename = None if upload.filename is None else _checked_name(upload.filename)
             object_id = await self._local.add(
                 upload.path,
                 content_type=upload.content_type,
                 size=upload.size,
                 tag=tag,
-                filename=upload.filename,
+                filename=filename or None,
             )
         finally:
             form.discard()
@@ -419,10 +568,14 @@ class _NodeStorage:
         if found is None:
             raise _Refused(404, f"Object with ID {object_id} does not exist")
         record, path = found
+        try:  # the index may come from an earlier version: never send a header it spoils
+            content_type = check_media_type(record.content_type)
+        except InvalidName:
+            content_type = _OCTET_STREAM
         return Response(
             200,
             FileBody(path),
-            headers={"content-type": record.content_type},
+            headers={"content-type": content_type},
             content_length=record.size,
         )
 
@@ -448,8 +601,11 @@ class _NodeStorage:
         if (raw_id := query.get("object_id")) is None:
             raise _missing("query", "object_id")
         object_id = _object_id(raw_id, "query")
+        wanted = query.get("filename")
+        if wanted is not None:
+            wanted = _checked_name(wanted) or None
         try:
-            filename = await self._local.tag(object_id, tag, query.get("filename"))
+            filename = await self._local.tag(object_id, tag, wanted)
         except KeyError:
             raise _Refused(404, f"Object with ID {object_id} does not exist") from None
         except TagError as exc:

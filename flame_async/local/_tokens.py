@@ -5,7 +5,10 @@ expiry. Locally one random HMAC secret per platform is enough, and it needs no d
 ``hmac`` + ``hashlib`` + base64url + orjson.
 
 The claims are ``iat``, ``exp``, ``client_id`` (the analysis id, as Keycloak puts it), ``sub``
-(the node id) and a random ``jti``, so two tokens minted in the same second differ. Their JSON
+(the node id) and a random ``jti``, so two tokens minted in the same second differ. A token is
+bound to its node and its analysis: :meth:`TokenIssuer.verify` refuses tokens without a string
+``sub`` and ``client_id``, and the services (:func:`~flame_async.local._http.require_bearer`)
+accept one only on its own node's gateway. Their JSON
 holds only letters, digits, ``"``, ``:``, ``,``, ``-``, ``.``, ``_`` and braces; base64url maps no
 3-byte group of such ASCII text to ``-`` or ``_`` (only ``>``, ``?``, ``~`` and DEL in the third
 byte would), so even flamesdk 0.6, which decodes the payload as standard base64 (PROTOCOL.md
@@ -26,10 +29,12 @@ import orjson
 
 from ..errors import FlameError
 
-__all__ = ["InvalidToken", "TokenIssuer"]
+__all__ = ["MAX_TOKEN_LENGTH", "InvalidToken", "TokenIssuer"]
 
 _HEADER = base64.urlsafe_b64encode(orjson.dumps({"alg": "HS256", "typ": "JWT"})).rstrip(b"=")
 _CACHE_SIZE = 1024
+MAX_TOKEN_LENGTH = 4096
+"""Longest bearer token verified (the platform's own are about 250 characters)."""
 
 
 class InvalidToken(FlameError, ValueError):
@@ -97,9 +102,12 @@ class TokenIssuer:
             now: The current Unix time; ``time.time()`` when omitted.
 
         Raises:
-            InvalidToken: The token is malformed, was not signed with this issuer's secret, or
-                its ``exp`` has passed.
+            InvalidToken: The token is longer than :data:`MAX_TOKEN_LENGTH`, malformed, was not
+                signed with this issuer's secret, has no string ``sub`` (node id) or
+                ``client_id`` (analysis id), or its ``exp`` has passed.
         """
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         claims = self._cache.get(token)
         if claims is None:
             claims = self._check_signature(token)
@@ -133,4 +141,7 @@ class TokenIssuer:
             raise InvalidToken("the token is not signed with HS256")
         if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int | float):
             raise InvalidToken("the token has no numeric exp claim")
+        for name, meaning in (("sub", "node id"), ("client_id", "analysis id")):
+            if not isinstance(claims.get(name), str) or not claims[name]:
+                raise InvalidToken(f"the token has no {name} claim (its {meaning})")
         return claims

@@ -12,7 +12,7 @@ import pytest
 
 from flame_async.local import LocalNode, LocalPlatform
 
-from .helpers import Gateway, MakeGateway, StartApi, StartPlatform, StubApi
+from .helpers import Caller, Gateway, MakeGateway, StartApi, StartPlatform, StubApi, Via
 
 
 @pytest.fixture
@@ -67,3 +67,22 @@ def gateway(http: aiohttp.ClientSession, platform: LocalPlatform) -> MakeGateway
         return Gateway(http, platform, platform.node(node_id))
 
     return make
+
+
+@pytest.fixture(params=["port", "shared", "memory"])
+async def caller(
+    request: pytest.FixtureRequest,
+    start_platform: StartPlatform,
+    stack: AsyncExitStack,
+    tmp_path: Path,
+) -> Caller:
+    """A 3-node platform (node-2 has an ``s3/rows.csv``), called over HTTP on each gateway's
+    own port, over the shared port with ``Host``, or in memory."""
+    via: Via = request.param
+    data = tmp_path / "data"
+    (data / "node-2" / "s3").mkdir(parents=True)
+    (data / "node-2" / "s3" / "rows.csv").write_text("a\n1\n")
+    platform = await start_platform(
+        3, transport="http" if via != "memory" else "memory", data_dir=data
+    )
+    return await Caller.start(stack, platform, via)

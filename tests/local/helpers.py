@@ -10,18 +10,21 @@ generous deadlines.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import anyio
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from flame_async._jwt import remaining_seconds
-from flame_async.local import LocalNode, LocalPlatform
+from flame_async._transport import Multipart, Part, Request
+from flame_async.local import LocalNode, LocalPlatform, MemoryTransport
 
 DEADLINE = 10.0
 
@@ -146,3 +149,131 @@ class Gateway:
 StartPlatform = Callable[..., Awaitable[LocalPlatform]]
 StartApi = Callable[[LocalNode], Awaitable[StubApi]]
 MakeGateway = Callable[[str], Gateway]
+
+
+# -- calling any node's gateway, over HTTP (own port or shared port) or in memory -------------
+
+Via = Literal["port", "shared", "memory"]
+"""How a :class:`Caller` reaches a gateway: its own port, the shared port with ``Host``, or in
+memory (through the gateway node's :class:`~flame_async.local.MemoryTransport`)."""
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    """A multipart form: text fields, then (unless ``file`` is None) the part ``file``."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    file: bytes | None = b"payload"
+    filename: str | None = "data.bin"
+    content_type: str = "application/octet-stream"
+
+    def multipart(self) -> Multipart:
+        parts = [Part(name, (value.encode(),)) for name, value in self.fields.items()]
+        if self.file is not None:
+            parts.append(Part("file", (self.file,), self.filename, self.content_type))
+        return Multipart(tuple(parts))
+
+    def form_data(self) -> aiohttp.FormData:
+        data = aiohttp.FormData(quote_fields=False)
+        for name, value in self.fields.items():
+            data.add_field(name, value)
+        if self.file is not None:
+            data.add_field(
+                "file", self.file, filename=self.filename, content_type=self.content_type
+            )
+        return data
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+    @property
+    def detail(self) -> Any:
+        body = self.json()
+        return body.get("detail") if isinstance(body, dict) else None
+
+
+class Caller:
+    """Requests to any node's gateway with any node's token, the same way on each path."""
+
+    def __init__(
+        self,
+        platform: LocalPlatform,
+        via: Via,
+        *,
+        http: aiohttp.ClientSession | None = None,
+        transports: dict[str, MemoryTransport] | None = None,
+    ) -> None:
+        self.platform = platform
+        self.via = via
+        self.http = http
+        self.transports = transports or {}
+
+    @classmethod
+    async def start(cls, stack: AsyncExitStack, platform: LocalPlatform, via: Via) -> Caller:
+        if via == "memory":
+            transports = {}
+            for node in platform.nodes:
+                transport = platform.transport_for(node)
+                assert isinstance(transport, MemoryTransport)
+                transports[node.node_id] = await stack.enter_async_context(transport)
+            return cls(platform, via, transports=transports)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        return cls(platform, via, http=http)
+
+    def token(self, node_id: str) -> str:
+        return self.platform.node(node_id).env["KEYCLOAK_TOKEN"]
+
+    def broker(self, path: str = "") -> str:
+        return f"/message-broker/analyses/{self.platform.analysis_id}{path}"
+
+    async def call(
+        self,
+        gateway: str,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        as_node: str | None = None,
+        json: Any = None,
+        body: bytes | FormSpec | None = None,
+        headers: dict[str, str] | None = None,
+        query: str = "",
+    ) -> Answer:
+        """``method path`` on ``gateway``'s gateway with ``token`` (or ``as_node``'s token)."""
+        sent = dict(headers or {})
+        if as_node is not None:
+            token = self.token(as_node)
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        if json is not None:
+            body = orjson.dumps(json)
+            sent.setdefault("content-type", "application/json")
+        node = self.platform.node(gateway)
+        if self.via == "memory":
+            request = Request(
+                method,
+                path,
+                query_string=query,
+                headers=sent,
+                body=body.multipart() if isinstance(body, FormSpec) else body,
+            )
+            async with self.transports[gateway].open(request) as answer:
+                return Answer(answer.status, await answer.read())
+        assert self.http is not None
+        if self.via == "shared":
+            base = self.platform.shared_url
+            sent["host"] = node.nginx_host
+        else:
+            base = node.gateway_url
+        url = URL(base + path + (f"?{query}" if query else ""), encoded=True)
+        data: Any = body.form_data() if isinstance(body, FormSpec) else body
+        if isinstance(data, bytes) and len(data) > 1 << 20:
+            data = io.BytesIO(data)  # aiohttp warns about large bytes (they hold the loop)
+        async with self.http.request(method, url, data=data, headers=sent) as response:
+            return Answer(response.status, await response.read())

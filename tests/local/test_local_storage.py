@@ -307,11 +307,15 @@ async def test_an_intermediate_object_is_kept_for_its_receiver_and_sender_only(
     _, body = await storage("node-1").put("/intermediate", form(b"x", remote_node_id="node-2"))
     object_id = body["object_id"]
     refused = f"Failed to decrypt file with ID {object_id} which was encrypted by node"
-    # Not the receiver.
+    # Not the receiver (its own token, on its own gateway): 403, naming the receiver.
     status, answer = await storage("node-3").get_json(
         f"/intermediate/{object_id}?remote_node_id=node-1"
     )
-    assert (status, answer["detail"].startswith(refused)) == (400, True)
+    assert (status, answer["detail"]) == (
+        403,
+        f"object {object_id} was uploaded for node-2, not for node-3: only its receiver "
+        "reads it, on its own gateway",
+    )
     # The receiver, naming the wrong sender.
     status, answer = await storage("node-2").get_json(
         f"/intermediate/{object_id}?remote_node_id=node-3"

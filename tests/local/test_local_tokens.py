@@ -63,7 +63,7 @@ def test_malformed_tokens_are_rejected(token: str) -> None:
         TokenIssuer("a", lifetime=60).verify(token)
 
 
-def test_a_validly_signed_token_without_hs256_or_exp_is_rejected() -> None:
+def test_a_validly_signed_token_without_hs256_exp_sub_or_client_id_is_rejected() -> None:
     secret = b"k" * 32
     issuer = TokenIssuer("a", lifetime=60, secret=secret)
 
@@ -79,6 +79,20 @@ def test_a_validly_signed_token_without_hs256_or_exp_is_rejected() -> None:
         issuer.verify(sign({"alg": "none"}, {"exp": time.time() + 60}))
     with pytest.raises(InvalidToken, match="exp"):
         issuer.verify(sign({"alg": "HS256"}, {"sub": "n"}))
+    # a token is bound to a node and an analysis: it names both
+    exp = time.time() + 60
+    with pytest.raises(InvalidToken, match=r"no sub claim \(its node id\)"):
+        issuer.verify(sign({"alg": "HS256"}, {"exp": exp, "client_id": "a"}))
+    with pytest.raises(InvalidToken, match="no sub claim"):
+        issuer.verify(sign({"alg": "HS256"}, {"exp": exp, "client_id": "a", "sub": 5}))
+    with pytest.raises(InvalidToken, match=r"no client_id claim \(its analysis id\)"):
+        issuer.verify(sign({"alg": "HS256"}, {"exp": exp, "sub": "n"}))
+    assert issuer.verify(sign({"alg": "HS256"}, {"exp": exp, "sub": "n", "client_id": "a"}))
+
+
+def test_overlong_tokens_are_refused_without_being_checked() -> None:
+    with pytest.raises(InvalidToken, match="longer than 4096 characters"):
+        TokenIssuer("a", lifetime=60).verify("a." * 3000)
 
 
 @pytest.mark.parametrize("node_id", ["node-1", "a", "hospital-zz9", "0-0-0-0", "x" * 39])
