@@ -29,6 +29,12 @@ Choices worth knowing:
   file holds these tokens only when the value has non-finite floats.
 * JSON has no tuples: tuples decode as lists. numpy bool/int/float scalars inside JSON values decode
   as Python numbers. Dict keys must be ``str``.
+* JSON values nest at most 250 levels (deeper usually means a cycle): a deeper value is refused
+  like one without a JSON form. A value or payload too deep for the call stack (Python's
+  ``json`` recurses) raises :class:`~flame_async.errors.CodecError`, never ``RecursionError``.
+* Pickles are recognised by their opcodes, never run to find out: a payload without the header
+  that is a raw pickle of any protocol (0 to 5) raises
+  :class:`~flame_async.errors.PickleNotAllowed` unless pickle was allowed.
 * Dicts of arrays or tensors are stored with safetensors. Nested dicts are flattened to ``a.b.c``
   tensor names and the nesting is recorded in the safetensors metadata
   (``flame_async.structure``), so they decode to the same nested dicts, in the same order.
@@ -66,6 +72,7 @@ import io
 import json
 import math
 import pickle
+import pickletools
 import struct
 import sys
 from dataclasses import dataclass
@@ -76,7 +83,7 @@ import orjson
 from flame_async.errors import CodecError, InvalidArgument, MissingExtra, PickleNotAllowed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     import numpy.typing as npt
 
@@ -296,6 +303,7 @@ def detect_format(value: object, *, allow_pickle: bool = False) -> str:
     Raises:
         PickleNotAllowed: The value has no safe format (an arbitrary object, a set, an object-dtype
             array, ...) and ``allow_pickle`` is false. The message says how to convert it.
+        CodecError: The value is nested too deeply for the call stack.
     """
     return _choose(value, allow_pickle=allow_pickle)[0]
 
@@ -317,8 +325,8 @@ def encode(value: object, *, allow_pickle: bool = False) -> Encoded:
 
     Raises:
         PickleNotAllowed: The value has no safe format and ``allow_pickle`` is false.
-        CodecError: The value cannot be encoded at all (e.g. text with lone surrogates, or
-            pickling failed).
+        CodecError: The value cannot be encoded at all (e.g. text with lone surrogates, a value
+            nested too deeply for the call stack, or pickling failed).
         MissingExtra: A library needed for the value is not installed.
     """
     fmt, parts, meta = _encode_body(value, allow_pickle=allow_pickle, final=False)
@@ -353,7 +361,7 @@ def encode_final(
     Raises:
         InvalidArgument: ``table_format`` is neither ``"parquet"`` nor ``"csv"``.
         PickleNotAllowed: The value has no safe format and ``allow_pickle`` is false.
-        CodecError: The value cannot be encoded at all.
+        CodecError: The value cannot be encoded at all (see :func:`encode`).
         MissingExtra: A library needed for the value is not installed.
     """
     if table_format not in ("parquet", "csv"):
@@ -371,8 +379,8 @@ def decode(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False) 
 
     Arrays are returned as views over ``data`` where possible (no copy): read-only for ``bytes``,
     sharing the buffer for a ``bytearray``. A payload without the flame-async header is refused,
-    unless it is a raw pickle stream (what the old ``flamesdk`` stores) and ``allow_pickle`` is
-    true.
+    unless it is a raw pickle stream of any protocol, 0 to 5 (what the old ``flamesdk`` stores),
+    and ``allow_pickle`` is true.
 
     Args:
         data: The stored bytes.
@@ -385,16 +393,17 @@ def decode(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False) 
     Raises:
         PickleNotAllowed: The payload is pickled (with or without the header) and
             ``allow_pickle`` is false. Nothing is unpickled.
-        CodecError: The payload is not a flame-async object, is truncated or malformed, or
-            names a format this version does not know.
+        CodecError: The payload is not a flame-async object, is truncated or malformed (also:
+            nested too deeply to decode), or names a format this version does not know.
         MissingExtra: A library needed for the format is not installed.
     """
     buf = _byte_view(data)
     if bytes(buf[: len(MAGIC)]) != MAGIC:
-        if _is_raw_pickle(buf):
+        protocol = _raw_pickle_protocol(buf)
+        if protocol is not None:
             if not allow_pickle:
                 raise PickleNotAllowed(
-                    f"the payload is a raw pickle stream (protocol {buf[1]}) without the "
+                    f"the payload is a raw pickle stream (protocol {protocol}) without the "
                     "flame-async header: the sender used pickle, as the old flamesdk does. "
                     "Unpickling runs code chosen by the sender, so it is refused; if you trust "
                     "the sender, decode with allow_pickle=True"
@@ -443,7 +452,8 @@ def decode_final(
     Raises:
         InvalidArgument: The extension is not one of :data:`FINAL_EXTENSIONS`.
         PickleNotAllowed: The file is a pickle and ``allow_pickle`` is false.
-        CodecError: The bytes are not a valid file of that kind.
+        CodecError: The bytes are not a valid file of that kind (also: JSON nested too deeply
+            to decode).
         MissingExtra: A library needed for the format is not installed.
     """
     ext = extension.lower()
@@ -489,13 +499,27 @@ def _type_name(value: object) -> str:
 
 
 def _choose(value: object, *, allow_pickle: bool) -> tuple[str, bool]:
-    """Return the format and, for JSON formats, whether the extended JSON writer is needed."""
+    """Return the format and, for JSON formats, whether the extended JSON writer is needed.
+
+    Raises:
+        PickleNotAllowed: No safe format, and ``allow_pickle`` is false.
+        CodecError: The value is nested too deeply for the call stack.
+    """
     try:
         return _classify(value)
     except _Unsupported as exc:
         if allow_pickle:
             return _PICKLE, False
         raise _refusal(exc) from None
+    except RecursionError as exc:
+        raise _too_deep("encode") from exc
+
+
+def _too_deep(what: str) -> CodecError:
+    return CodecError(
+        f"cannot {what} this value: it is nested too deeply for Python's call stack (flame-async "
+        f"writes at most {_MAX_DEPTH} levels); flatten the structure"
+    )
 
 
 def _classify(value: object) -> tuple[str, bool]:
@@ -509,7 +533,7 @@ def _classify(value: object) -> tuple[str, bool]:
     if isinstance(value, dict):
         return _classify_dict(value)
     if value is None or isinstance(value, bool | int | float | list | tuple):
-        return _JSON, _scan_json(value, 0)
+        return _JSON, _scan_json(value)
     raise _Unsupported(f"it is a {_type_name(value)}", _hint_for(value))
 
 
@@ -560,59 +584,75 @@ def _refusal(exc: _Unsupported) -> PickleNotAllowed:
     )
 
 
-def _scan_json(value: object, depth: int) -> bool:
+def _scan_json(value: object) -> bool:
     """Check that a value is JSON-able; return whether it needs the extended (stdlib) writer.
 
+    Iterative, so that how deep the caller's stack already is does not matter.
+
     Raises:
-        _Unsupported: Something in the value has no JSON form; ``path`` says where.
+        _Unsupported: Something in the value has no JSON form, or it is nested more than
+            ``_MAX_DEPTH`` levels deep; ``path`` says where.
     """
+    extended = False
+    path: list[str] = []  # where ``item`` is: one label per open container
+    open_containers: list[Iterator[tuple[str, object]]] = []
+    item = value
+    while True:
+        try:
+            if isinstance(item, list | tuple | dict):
+                open_containers.append(_json_children(item, len(open_containers)))
+                path.append("")
+            else:
+                extended |= _scan_json_leaf(item)
+        except _Unsupported as exc:
+            exc.path = [label for label in path if label]
+            raise
+        while open_containers:
+            child = next(open_containers[-1], None)
+            if child is not None:
+                path[-1], item = child
+                break
+            open_containers.pop()
+            path.pop()
+        else:
+            return extended
+
+
+def _json_children(
+    container: list[Any] | tuple[Any, ...] | dict[Any, Any], depth: int
+) -> Iterator[tuple[str, object]]:
+    """The items of a JSON container at ``depth`` with their path labels (dict keys are
+    checked first).
+
+    Raises:
+        _Unsupported: The container is nested ``_MAX_DEPTH`` levels deep, or a dict key is not
+            a str.
+    """
+    if depth >= _MAX_DEPTH:
+        raise _Unsupported(
+            f"it is nested more than {_MAX_DEPTH} levels deep (or contains itself)",
+            "flatten the structure",
+        )
+    if isinstance(container, dict):
+        for key in container:
+            _check_json_key(key)
+        return ((f"[{key!r}]", item) for key, item in container.items())
+    return ((f"[{index}]", item) for index, item in enumerate(container))
+
+
+def _scan_json_leaf(value: object) -> bool:
     if value is None or isinstance(value, bool | str):
         return False
     if isinstance(value, int):
         return not _INT_MIN <= value <= _INT_MAX
     if isinstance(value, float):
         return not math.isfinite(value)
-    if isinstance(value, list | tuple | dict):
-        if depth >= _MAX_DEPTH:
-            raise _Unsupported(
-                f"it is nested more than {_MAX_DEPTH} levels deep (or contains itself)",
-                "flatten the structure",
-            )
-        if isinstance(value, dict):
-            return _scan_json_dict(value, depth)
-        return _scan_json_list(value, depth)
     np = _loaded("numpy")
     if np is not None and isinstance(value, np.generic):
         kind, itemsize = value.dtype.kind, value.dtype.itemsize
         if kind in "biu" or (kind == "f" and itemsize <= 8):
             return kind == "f" and not math.isfinite(float(value))
     raise _Unsupported(f"it holds a {_type_name(value)}, which JSON cannot hold", _hint_for(value))
-
-
-def _scan_json_list(value: list[Any] | tuple[Any, ...], depth: int) -> bool:
-    extended = False
-    index = 0
-    try:
-        for index, item in enumerate(value):  # noqa: B007 - read in the except clause
-            extended |= _scan_json(item, depth + 1)
-    except _Unsupported as exc:
-        exc.path.insert(0, f"[{index}]")
-        raise
-    return extended
-
-
-def _scan_json_dict(value: dict[Any, Any], depth: int) -> bool:
-    extended = False
-    key: object = None
-    try:
-        for key, item in value.items():
-            _check_json_key(key)
-            extended |= _scan_json(item, depth + 1)
-    except _Unsupported as exc:
-        if isinstance(key, str):
-            exc.path.insert(0, f"[{key!r}]")
-        raise
-    return extended
 
 
 def _check_json_key(key: object) -> None:
@@ -625,10 +665,10 @@ def _check_json_key(key: object) -> None:
 
 def _classify_dict(value: dict[Any, Any]) -> tuple[str, bool]:
     if isinstance(value.get("resourceType"), str):
-        return _FHIR, _scan_json(value, 0)
+        return _FHIR, _scan_json(value)
     kind = _tree_kind(value)
     if kind is None:
-        return _JSON, _scan_json(value, 0)
+        return _JSON, _scan_json(value)
     torch = _loaded("torch")
     for path, leaf in _tree_leaves(value, ()):
         what = "value" + "".join(f"[{key!r}]" for key in path)
@@ -737,8 +777,24 @@ def _encode_body(
     final: bool,
     table_format: str = "parquet",
 ) -> tuple[str, list[Part], dict[str, Any]]:
-    """Return the format, the payload parts and the header metadata for a value."""
+    """Return the format, the payload parts and the header metadata for a value.
+
+    Raises:
+        PickleNotAllowed: No safe format, and ``allow_pickle`` is false.
+        CodecError: The value cannot be written in its format (also: it is nested too deeply
+            for the call stack).
+        MissingExtra: A library the format needs is not installed.
+    """
     fmt, extended = _choose(value, allow_pickle=allow_pickle)
+    try:
+        return _write_body(value, fmt, extended, final=final, table_format=table_format)
+    except RecursionError as exc:
+        raise _too_deep("encode") from exc
+
+
+def _write_body(
+    value: object, fmt: str, extended: bool, *, final: bool, table_format: str
+) -> tuple[str, list[Part], dict[str, Any]]:
     meta: dict[str, Any] = {}
     parts: list[Part]
     if fmt in (_JSON, _FHIR):
@@ -1033,9 +1089,26 @@ def _parse_header(buf: memoryview) -> tuple[str, dict[str, Any], int]:
     return name, meta, at + meta_len
 
 
-def _is_raw_pickle(buf: memoryview) -> bool:
-    # Protocols 2-5 start with the PROTO opcode and the protocol number.
-    return len(buf) >= 2 and buf[0] == 0x80 and 2 <= buf[1] <= 5
+def _raw_pickle_protocol(buf: memoryview) -> int | None:
+    """The pickle protocol of a raw pickle stream, or None when ``buf`` is not one.
+
+    Protocols 2-5 start with the PROTO opcode and the protocol number. Protocols 0 and 1 have
+    no such mark: ``buf`` is one of those if its opcodes parse (read, never run) and its STOP
+    opcode is its last byte.
+    """
+    if len(buf) >= 2 and buf[0] == 0x80 and 2 <= buf[1] <= 5:
+        return buf[1]
+    if len(buf) < 2 or buf[-1] != ord(pickle.STOP):
+        return None
+    protocol = 0
+    try:
+        for opcode, _, position in pickletools.genops(io.BytesIO(buf)):
+            protocol = max(protocol, opcode.proto)
+            if opcode.name == "STOP":
+                return protocol if position == len(buf) - 1 and protocol <= 1 else None
+    except (ValueError, struct.error):  # not a pickle opcode, or a malformed argument
+        return None
+    return None
 
 
 def _unpickle(buf: memoryview) -> Any:
@@ -1063,6 +1136,12 @@ def _decode_body(fmt: str, payload: memoryview, meta: Mapping[str, Any]) -> Any:
 
 
 def _load_json(buf: memoryview, *, extended: bool) -> Any:
+    """The JSON value in ``buf`` (extended: read with Python's json, which takes NaN tokens).
+
+    Raises:
+        CodecError: Not valid JSON, or nested too deeply to read (orjson stops at 1024 levels,
+            Python's json at the call stack's limit).
+    """
     try:
         if extended:
             # Python's json reads NaN/Infinity tokens and arbitrarily large ints exactly.
@@ -1070,6 +1149,11 @@ def _load_json(buf: memoryview, *, extended: bool) -> Any:
         return orjson.loads(buf)
     except (orjson.JSONDecodeError, ValueError) as exc:
         raise CodecError(f"the payload is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise CodecError(
+            "the JSON payload is nested too deeply to decode (flame-async writes at most "
+            f"{_MAX_DEPTH} levels); it was not written by flame-async's encode()"
+        ) from exc
 
 
 def _decode_text(buf: memoryview) -> str:
@@ -1181,17 +1265,19 @@ def _read_safetensors(buf: memoryview, hint: Mapping[str, str]) -> Any:
     if raw_structure is None:
         return tensors
     try:
-        return _rebuild(orjson.loads(raw_structure), tensors)
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return _rebuild(orjson.loads(raw_structure), tensors, 0)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise CodecError(f"the safetensors structure metadata is corrupt: {exc!r}") from exc
 
 
-def _rebuild(structure: Any, tensors: Mapping[str, Any]) -> Any:
+def _rebuild(structure: Any, tensors: Mapping[str, Any], depth: int) -> Any:
     if isinstance(structure, str):
         return tensors[structure]
     if not isinstance(structure, dict):
         raise TypeError(f"unexpected structure node {structure!r}")
-    return {key: _rebuild(node, tensors) for key, node in structure.items()}
+    if depth >= _MAX_DEPTH:
+        raise ValueError(f"the structure is nested more than {_MAX_DEPTH} levels deep")
+    return {key: _rebuild(node, tensors, depth + 1) for key, node in structure.items()}
 
 
 def _load_numpy_safetensors(data: memoryview, header: Mapping[str, Any]) -> dict[str, Any]:

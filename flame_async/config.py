@@ -152,7 +152,8 @@ class FlameConfig(BaseModel):
             ``http://nginx-{deployment_name}``.
         keycloak_token: ``KEYCLOAK_TOKEN``: the bearer token for the broker, storage and PO
             (replaced by ``/token_refresh``).
-        data_source_token: ``DATA_SOURCE_TOKEN``: the data proxy's key.
+        data_source_token: ``DATA_SOURCE_TOKEN``: the data proxy's key (a secret too: the
+            data clients hold it as ``SecretStr`` and unwrap it only into a request's header).
         base_url: ``FLAME_BASE_URL``: the gateway's base URL (default from the deployment).
         api_host: ``FLAME_API_HOST``: address the node API binds (default ``0.0.0.0``).
         api_port: ``FLAME_API_PORT``: port the node API binds (default 8000; 0: any free one).

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ._transport import GatewayClient
 from ._wire import DatastoreList, KongService
@@ -96,10 +96,17 @@ class DataSource(BaseModel):
 
 
 class _SourceClient:
-    def __init__(self, gateway: GatewayClient, source: DataSource, apikey: str) -> None:
+    def __init__(self, gateway: GatewayClient, source: DataSource, apikey: SecretStr) -> None:
         self._gateway = gateway
         self.source = source
-        self._headers = {"apikey": apikey}
+        self._apikey = apikey  # unwrapped per request only: never in a repr, log or error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} source={self.source.name!r}>"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"apikey": self._apikey.get_secret_value()}
 
     def _error(self, target: str, exc: TransportError) -> DataAccessError:
         if isinstance(exc, DataAccessError):
@@ -288,10 +295,11 @@ class DataService:
     Args:
         gateway: Calls to the node's services (the borrowed transport underneath).
         project_id: The project whose stores are listed.
-        apikey: The node's ``DATA_SOURCE_TOKEN``.
+        apikey: The node's ``DATA_SOURCE_TOKEN`` (kept secret: it never appears in a repr,
+            a log or an error).
     """
 
-    def __init__(self, gateway: GatewayClient, *, project_id: str, apikey: str) -> None:
+    def __init__(self, gateway: GatewayClient, *, project_id: str, apikey: SecretStr) -> None:
         self._gateway = gateway
         self._project_id = project_id
         self._apikey = apikey

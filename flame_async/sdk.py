@@ -237,7 +237,8 @@ class FlameSDK:
 
         self._broker_ready = asyncio.get_running_loop().create_future()
         api = NodeApi(
-            tokens=gateway.tokens,
+            gateway=gateway,
+            analysis_id=config.analysis_id,
             status=self.status,
             on_webhook=self._on_webhook,
             on_partner_status=self._on_partner_status,
@@ -274,7 +275,7 @@ class FlameSDK:
         data = DataService(
             gateway,
             project_id=config.project_id,
-            apikey=config.data_source_token.get_secret_value(),
+            apikey=config.data_source_token,
         )
         if broker.role is NodeRole.DEFAULT or self._aggregator_requires_data:
             await data.load_sources()

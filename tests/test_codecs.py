@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -169,6 +170,52 @@ def test_self_referencing_list_is_refused() -> None:
     value.append(value)
     with pytest.raises(CodecError, match="levels deep"):
         encode(value)
+
+
+def nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def with_stack_left(headroom: int, call: Any) -> Any:
+    """Run ``call()`` with only about ``headroom`` frames left before the recursion limit."""
+
+    def descend(n: int) -> Any:
+        return call() if n <= 0 else descend(n - 1)
+
+    return descend(sys.getrecursionlimit() - len(inspect.stack(context=0)) - headroom)
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_json_nested_to_the_limit_encodes_whatever_the_callers_stack(extended: bool) -> None:
+    value = nested(249, math.nan if extended else 1)  # the deepest value encode() takes
+    for call in (encode, encode_final):
+        # the check of the value does not recurse: it fits where its levels would not
+        assert with_stack_left(400, lambda: call(value)).size > 0  # noqa: B023
+    assert json.dumps(roundtrip(value)) == json.dumps(value)
+
+
+def test_json_too_deep_for_the_callers_stack_raises_codec_error_not_recursion_error() -> None:
+    value = nested(249, math.nan)  # extended JSON: written by Python's json, which recurses
+    assert with_stack_left(60, lambda: detect_format(value)) == "json"  # the check: iterative
+    for call in (encode, encode_final):
+        with pytest.raises(CodecError, match="nested too deeply"):
+            with_stack_left(60, lambda: call(value))  # noqa: B023
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_deeply_nested_json_payload_is_a_codec_error_on_decode(depth: int) -> None:
+    deep = b"[" * depth + b"NaN" + b"]" * depth
+    extended = _handmade_header("json", b'{"extended_json": true}') + deep
+    with pytest.raises(CodecError, match="nested too deeply"):
+        decode(extended)
+    with pytest.raises(CodecError, match="nested too deeply"):
+        decode_final(deep, ".json")
+    strict = b"[" * depth + b"1" + b"]" * depth
+    with pytest.raises(CodecError, match="not valid JSON"):
+        decode(_handmade_header("json") + strict)
 
 
 # ---------------------------------------------------------------------------------- text, bytes
@@ -531,6 +578,21 @@ def test_colliding_flattened_names_keep_both_values() -> None:
     assert_tree_equal(roundtrip(tree), tree)
 
 
+def test_safetensors_structure_nested_too_deep_is_a_codec_error() -> None:
+    structure: object = "x"
+    for _ in range(900):  # within orjson's 1024 levels, beyond what encode() ever writes
+        structure = {"a": structure}
+    header = orjson.dumps(
+        {
+            "__metadata__": {"flame_async.structure": json.dumps(structure)},
+            "x": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]},
+        }
+    )
+    payload = struct.pack("<Q", len(header)) + header + bytes(8)
+    with pytest.raises(CodecError, match="structure metadata is corrupt"):
+        decode(_handmade_header("ndarray-dict") + payload)
+
+
 def test_dict_of_unsupported_array_dtype_is_refused_with_the_location() -> None:
     with pytest.raises(CodecError, match=r"value\['names'\].*safetensors cannot store"):
         encode({"x": np.zeros(2), "names": np.array(["a", "b"])})
@@ -720,15 +782,44 @@ def test_crafted_pickle_is_never_unpickled_without_opt_in(
     assert target.exists()
 
 
-@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_raw_pickle_from_flamesdk_is_detected(protocol: int) -> None:
-    data = pickle.dumps({"weights": [1, 2]}, protocol=protocol)
-    with pytest.raises(PickleNotAllowed, match=r"flamesdk.*allow_pickle=True"):
+    data = pickle.dumps({"weights": [1, 2], "name": "w\u00e9"}, protocol=protocol)
+    with pytest.raises(PickleNotAllowed, match=rf"protocol {protocol}\).*flamesdk.*allow_pickle"):
         decode(data)
-    assert decode(data, allow_pickle=True) == {"weights": [1, 2]}
+    assert decode(data, allow_pickle=True) == {"weights": [1, 2], "name": "w\u00e9"}
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"\x80\x09not pickle", b'{"a": 1}'])
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_crafted_pickle_of_protocol_0_or_1_is_never_unpickled_without_opt_in(
+    protocol: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "pwned"
+    raw = pickle.dumps(Evil(target), protocol=protocol)
+    assert raw[:1] != b"\x80"  # no PROTO opcode to recognise it by
+    with monkeypatch.context() as patched:
+        patched.setattr(pickle, "loads", _forbidden)
+        patched.setattr(pickle, "Unpickler", _forbidden)
+        for payload in (raw, bytearray(raw), memoryview(raw)):
+            with pytest.raises(PickleNotAllowed):
+                decode(payload)
+    assert not target.exists()
+    decode(raw, allow_pickle=True)  # the payload is live: with the opt-in it does what it says
+    assert target.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello world",
+        b"hello world.",
+        b"(not a pickle.",
+        b"N.trailing",
+        b"\x80\x09not pickle",
+        b'{"a": 1}',
+    ],
+)
 def test_bytes_without_the_header_are_refused_naming_what_was_seen(data: bytes) -> None:
     with pytest.raises(CodecError, match="not a flame-async object") as info:
         decode(data)

@@ -18,6 +18,7 @@ from typing import Final
 import anyio
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
 from anyio.abc import TaskStatus
 
 from ..errors import StartupError
@@ -210,29 +211,40 @@ class NodeApiMount:
                 {"detail": "the FLAME node API is not running (FlameSDK not entered)"},
                 status=503,
             )
+        return await _answer(handler, request, strip=self.prefix)
+
+
+async def _answer(handler: Handler, request: web.Request, *, strip: str = "") -> web.StreamResponse:
+    """``handler``'s answer to ``request`` (``strip``: a path prefix the handler does not see).
+
+    A body aiohttp cannot read as sent (broken chunked framing, a ``Content-Encoding`` that does
+    not decode) raises while it is read, here or in the handler: that is the caller's fault,
+    answered 400 like aiohttp's own parser errors, never 500.
+    """
+    try:
         ours = await to_request(request)
-        if self.prefix:
-            ours.path = ours.path[len(self.prefix) :] or "/"
+        if strip:
+            ours.path = ours.path[len(strip) :] or "/"
         response = await handler(ours)
-        if isinstance(response.body, FileBody):
-            return await write_response(response, request)
-        try:
-            return await write_response(response, request)
-        finally:
-            await response.aclose()
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
+        reason = getattr(cause, "message", "") or type(cause or exc).__name__
+        return web.json_response(
+            {"detail": f"the request body cannot be read as sent: {reason}"}, status=400
+        )
+    if isinstance(response.body, FileBody):
+        return await write_response(response, request)  # it closes the answer itself
+    try:
+        return await write_response(response, request)
+    finally:
+        await response.aclose()
 
 
 def aiohttp_app(handler: Handler) -> web.Application:
     """An aiohttp application that hands every request to ``handler``."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        response = await handler(await to_request(request))
-        if isinstance(response.body, FileBody):
-            return await write_response(response, request)  # it closes the answer itself
-        try:
-            return await write_response(response, request)
-        finally:
-            await response.aclose()
+        return await _answer(handler, request)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)

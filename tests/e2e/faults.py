@@ -178,3 +178,62 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             await sink.drain()
     except ConnectionError:
         pass
+
+
+class TokenTap:
+    """A transport that sees the bearer token of every request a node sends.
+
+    It records ``(method, path, token)`` per request, can present another token instead of the
+    node's (``forge``: how a test gets a token the services refuse without the node's help),
+    and can make the node's token check (``GET .../participants/self``) fail as if the gateway
+    were down (``check_down``) or answer it with a status of its own (``check_status``).
+
+    Args:
+        inner: The node's real transport.
+    """
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, str, str]] = []
+        self.forge: str | None = None
+        self.check_down = False
+        self.check_status: int | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc, tb)
+
+    def tokens_on(self, suffix: str) -> list[str]:
+        """The tokens sent with requests whose path ends with ``suffix``, in order."""
+        return [token for _, path, token in self.seen if path.endswith(suffix)]
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Response]:
+        auth = request.headers.get("authorization", "")
+        self.seen.append((request.method, request.path, auth.removeprefix("Bearer ")))
+        if self.forge is not None and auth:
+            request.headers = {**request.headers, "authorization": f"Bearer {self.forge}"}
+        if request.path.endswith("/participants/self"):
+            if self.check_down:
+                raise ServiceUnavailable(
+                    f"cannot reach {request.service}: connection refused (injected)",
+                    service=request.service,
+                    method=request.method,
+                    url=request.path,
+                )
+            if self.check_status is not None:
+                yield Response(self.check_status, b'{"detail": "injected"}')
+                return
+        async with self.inner.open(request) as response:
+            yield response
+
+    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
+        await self.inner.serve(handler, task_status=task_status)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import orjson
 import pytest
 
 from flame_async import (
@@ -17,9 +16,11 @@ from flame_async import (
     UnknownDataSource,
     fhir_to_dataframe,
 )
-from flame_async._transport import Request
+from flame_async._transport import Transport
+from flame_async.local import LocalNode
 
 from .conftest import running
+from .faults import TokenTap
 
 pytestmark = pytest.mark.slow
 
@@ -122,17 +123,16 @@ async def test_data_errors_name_the_source_and_what_was_asked(
 
 
 async def test_service_errors_map_to_specific_errors(transport: str) -> None:
-    async with running(2, transport=transport) as (platform, (a, b)):
-        # the PO hands the node an expired token through the node API (on either transport)
-        expired = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln"
-        refresh = Request(
-            "POST",
-            "/token_refresh",
-            headers={"content-type": "application/json"},
-            body=orjson.dumps({"token": expired}),
-        )
-        async with platform.call_api(a.node_id, refresh) as answer:
-            assert answer.status == 200
+    taps: dict[str, TokenTap] = {}
+
+    def wrap(node: LocalNode, inner: Transport) -> Transport:
+        taps[node.node_id] = tap = TokenTap(inner)
+        return tap
+
+    async with running(2, transport=transport, wrap=wrap) as (_, (a, b)):
+        # the node's requests carry an expired token (the node itself never takes one: its
+        # /token_refresh refuses it), so the services refuse them
+        taps[a.node_id].forge = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln"
         with pytest.raises(AuthenticationError, match="broker answered 401"):
             await a.send_message(b.node_id, {}, category="x", timeout=2)
         with pytest.raises(AuthenticationError, match=r"storage answered 403.*JWT is malformed"):

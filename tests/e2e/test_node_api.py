@@ -1,32 +1,25 @@
 """The node's REST API: malformed input is refused with reasons; the runtime keeps working.
 
 Requests reach the API the way the platform's broker and PO reach it (``platform.call_api``):
-over real HTTP on the HTTP transport, by a direct call on the in-memory one.
+over real HTTP on the HTTP transport, by a direct call on the in-memory one. What
+``/token_refresh`` takes is pinned in ``test_token_refresh.py``; seeded random input in
+``test_node_api_fuzz.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import time
 from typing import Any
 
 import orjson
 import pytest
 
-from flame_async import AuthenticationError, PeerFailed
+from flame_async import PeerFailed
 from flame_async._transport import Request
 from flame_async.local import LocalPlatform
 
 from .conftest import running
 
 pytestmark = pytest.mark.slow
-
-
-def token_with(exp: float) -> str:
-    def seg(obj: object) -> str:
-        return base64.urlsafe_b64encode(orjson.dumps(obj)).rstrip(b"=").decode()
-
-    return f"{seg({'alg': 'HS256'})}.{seg({'exp': exp, 'client_id': 'x'})}.c2ln"
 
 
 def meta(**overrides: object) -> dict[str, object]:
@@ -130,20 +123,6 @@ async def test_healthz_reports_status_and_token_time(transport: str) -> None:
         assert status == 200
         assert body["status"] == "executing"
         assert 3000 < body["token_remaining_time"] <= 3600
-
-
-async def test_token_refresh_swaps_the_bearer_token_in_place(transport: str) -> None:
-    async with running(2, transport=transport) as (platform, (a, b)):
-        fresh = platform.token(a.node_id)
-        status, body = await post_json(platform, a.node_id, "/token_refresh", {"token": fresh})
-        assert (status, body) == (200, {"message": "Token refreshed successfully"})
-        # an expired token is accepted by the node (the services judge it), and then used
-        expired = token_with(time.time() - 10)
-        status, _ = await post_json(platform, a.node_id, "/token_refresh", {"token": expired})
-        assert status == 200
-        assert (await call(platform, a.node_id, "GET", "/healthz"))[1]["token_remaining_time"] == 0
-        with pytest.raises(AuthenticationError):
-            await a.send_message(b.node_id, {}, category="x", timeout=2)
 
 
 async def test_partner_status_is_ignored_during_grace_then_adopted(transport: str) -> None:

@@ -1,14 +1,30 @@
-"""FlameConfig.from_env: required variables, overrides, secrecy."""
+"""FlameConfig.from_env: required variables, overrides, secrecy (also where the tokens are used)."""
 
 from __future__ import annotations
 
 import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Self
 
 import orjson
 import pytest
+from anyio.abc import TaskStatus
+from pydantic import SecretStr, ValidationError
 
-from flame_async import ConfigError, FlameConfig, RetryPolicy
+from flame_async import (
+    ConfigError,
+    DataAccessError,
+    DataSource,
+    DataSourceKind,
+    FhirClient,
+    FlameConfig,
+    RetryPolicy,
+)
 from flame_async._jwt import TokenStore, decode_claims, remaining_seconds
+from flame_async._transport import GatewayClient, Handler, Request, Response
+from flame_async.data import DataService
 
 
 def jwt(claims: dict[str, object]) -> str:
@@ -96,3 +112,57 @@ def test_retry_delays_are_bounded_and_instant_when_asked() -> None:
     policy = RetryPolicy(attempts=5, initial=1, multiplier=2, maximum=3, jitter=0)
     assert list(policy.delays()) == [1, 2, 3, 3]
     assert list(RetryPolicy(attempts=3, instant=True).delays()) == [0, 0]
+
+
+class Refusing:
+    """A transport whose data proxy refuses every key (401), remembering the keys it saw."""
+
+    def __init__(self) -> None:
+        self.apikeys: list[str | None] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Response]:
+        self.apikeys.append(request.headers.get("apikey"))
+        yield Response(401, b'{"detail": "Invalid authentication credentials"}')
+
+    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
+        raise NotImplementedError
+
+
+async def test_data_source_token_never_shows_in_reprs_logs_or_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "kong-s3cr3t-4711"
+    config = FlameConfig.from_env(env(DATA_SOURCE_TOKEN=secret))
+    assert isinstance(config.data_source_token, SecretStr)
+    assert config.data_source_token.get_secret_value() == secret
+    shown = [repr(config), str(config), config.model_dump_json(), repr(config.model_dump())]
+    with pytest.raises(ConfigError) as bad_env:
+        FlameConfig.from_env(env(DATA_SOURCE_TOKEN=secret, FLAME_API_PORT="x"))
+    with pytest.raises(ValidationError) as bad_override:
+        FlameConfig.from_env(env(DATA_SOURCE_TOKEN=secret), api_port=-1)
+    shown += [str(bad_env.value), str(bad_override.value)]
+
+    caplog.set_level(logging.DEBUG)
+    transport = Refusing()
+    gateway = GatewayClient(
+        transport,
+        TokenStore(config.keycloak_token),
+        retry=RetryPolicy(instant=True),
+        timeout=1,
+    )
+    data = DataService(gateway, project_id="p1", apikey=config.data_source_token)
+    source = DataSource(id="s1", name="s1-fhir", kind=DataSourceKind.FHIR)
+    client = FhirClient(gateway, source, config.data_source_token)
+    with pytest.raises(DataAccessError, match="is DATA_SOURCE_TOKEN right") as refused:
+        await client.get("Patient")
+    assert transport.apikeys == [secret]  # sent where it belongs
+    shown += [repr(data), repr(client), str(refused.value), repr(refused.value), caplog.text]
+    for text in shown:
+        assert secret not in text
