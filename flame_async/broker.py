@@ -15,18 +15,23 @@ in the SDK's task group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal
 
+import anyio
+import orjson
 from anyio.abc import TaskGroup
 
+from ._objects import download_object, result_id_of, upload_object
 from ._protocol import (
     AcksPending,
     AnalysisFinished,
+    Fetch,
     Instant,
     NodeProtocol,
     PeerEnded,
@@ -39,16 +44,20 @@ from ._protocol import (
     Settled,
     Wake,
     new_epoch,
+    stored_data,
 )
 from ._transport import GatewayClient
 from ._wire import SendRequest, Subscription, SubscriptionRequest, WireParticipant, WireParticipants
 from .errors import (
+    CodecError,
     FlameError,
     InvalidArgument,
     MessageTimeout,
+    MessageTooLarge,
     PeerFailed,
     RemoteError,
     ServiceError,
+    ServiceUnavailable,
     TransportError,
 )
 from .models import Category, Message, NodeRole, NodeStatus, Participant, SendReport
@@ -64,6 +73,20 @@ Receivers = str | Participant | Iterable[str | Participant]
 """One node or several, by id or as :class:`Participant`."""
 
 _OK = (200, 201, 202)
+
+LargeMessages = Literal["storage", "refuse"]
+"""What happens to a message larger than the inline limit: it travels through the storage
+service (``"storage"``), or ``send_message`` raises :class:`~flame_async.errors.MessageTooLarge`
+(``"refuse"``)."""
+
+INLINE_LIMIT: Final = 1 << 20
+"""Default largest message payload (JSON bytes) the broker carries inline: 1 MiB."""
+
+_META_ALLOWANCE: Final = 4096
+"""Bytes a message body has beyond its payload (``meta``, the broker's envelope), at most."""
+
+_RUNTIME: Final = frozenset(c.value for c in Category)
+"""Categories the runtime sends (small, and read by flamesdk too): never stored."""
 
 
 def _now() -> Instant:
@@ -164,6 +187,12 @@ class BrokerService:
         discovery: Who this node is and who else takes part.
         task_group: The SDK's task group: POSTs and handlers run there.
         settings: The protocol's timing rules.
+        inline_limit: Largest payload (JSON bytes) sent inside a message; a larger one is
+            handled as ``large_messages`` says.
+        large_messages: ``"storage"`` (default): larger payloads travel through the storage
+            service, once per receiver, and the receiver reads them back before it hands the
+            message over; ``"refuse"``: :meth:`send_message` raises
+            :class:`~flame_async.errors.MessageTooLarge` before any I/O.
     """
 
     def __init__(
@@ -174,8 +203,12 @@ class BrokerService:
         discovery: Discovery,
         task_group: TaskGroup,
         settings: ProtocolSettings | None = None,
+        inline_limit: int = INLINE_LIMIT,
+        large_messages: LargeMessages = "storage",
     ) -> None:
         self._gateway = gateway
+        self._inline_limit = inline_limit
+        self._large_messages = large_messages
         self._tg = task_group
         self._messages_path = f"{_prefix(analysis_id)}/messages"
         self.node_id = discovery.node_id
@@ -202,12 +235,16 @@ class BrokerService:
             AcksPending: self._acks_pending,
             AnalysisFinished: self._analysis_finished,
             PeerEnded: self._peer_ended,
+            Fetch: self._fetch,
         }
         self.finished = asyncio.Event()
         """Set when a peer announced ``analysis_finished``."""
         self.ended = asyncio.Event()
         """Set when the analysis finished or a peer failed: waiting for the end is over."""
+        self._end_news = asyncio.Event()
+        """Set on news for ``wait_until_finished``: the end, or the gateway lost."""
         self._finish_waiters = 0
+        gateway.health.listen(self._on_reachability)
 
     def __repr__(self) -> str:
         return f"<BrokerService node={self.node_id!r}>"
@@ -295,14 +332,113 @@ class BrokerService:
     def _analysis_finished(self, action: AnalysisFinished) -> None:
         self.finished.set()
         self.ended.set()
+        self._end_news.set()
 
     def _peer_ended(self, action: PeerEnded) -> None:
         failure = action.failure
         if failure.status != "executed":
             self.ended.set()
+            self._end_news.set()
         who = failure.node_id or "this node (adopted from partners)"
         reason = f": {failure.reason}" if failure.reason else ""
         log.info("node %s reported %s%s", who, failure.status, reason)
+
+    def _fetch(self, action: Fetch) -> None:
+        self._tg.start_soon(self._read_stored, action)
+
+    async def _read_stored(self, action: Fetch) -> None:
+        """Read a large message's payload from storage and give it (or the error) to the
+        protocol: the analysis gets the message with its data, or the error when it takes it."""
+        message = action.message
+        try:
+            data, size = await self._download_stored(action)
+        except (TransportError, CodecError) as exc:
+            exc.add_note(
+                f"while reading the {action.size:,}-byte payload of message {message.id} from "
+                f"{message.sender} (large messages travel through the storage service)"
+            )
+            log.warning("could not read a large message of %s: %s", message.sender, exc)
+            self.protocol.fetched(message, error=exc)
+        else:
+            self.protocol.fetched(message, data, size=size)
+        self._perform()
+
+    async def _download_stored(self, action: Fetch) -> tuple[dict[str, Any], int]:
+        """The stored payload of ``action``'s message, and its size.
+
+        Raises:
+            TransportError: The storage service refused, or could not be reached.
+            CodecError: The reference or the payload is malformed.
+        """
+        message = action.message
+        if not action.result_id:
+            raise CodecError(
+                f"message {message.id} from {message.sender} refers to a stored payload but "
+                "names none for this node"
+            )
+        object_id = action.result_id.partition("?")[0]
+        raw = await download_object(
+            self._gateway, f"/storage/intermediate/{object_id}", {"remote_node_id": message.sender}
+        )
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CodecError(f"the stored payload is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CodecError(f"the stored payload is a {type(data).__name__}, not an object")
+        return data, len(raw)
+
+    def _on_reachability(self, error: ServiceUnavailable | None) -> None:
+        """The gateway was declared lost (``error``), or answers again (None)."""
+        if error is not None:
+            log.warning("%s", error)
+        else:
+            log.info("the node's gateway answers again")
+        self.protocol.services_unreachable(error, _now())
+        self._end_news.set()
+        self._perform()
+
+    def busy(self) -> bool:
+        """True while something waits on the broker: a wait, a send, or the end."""
+        return bool(self._waits or self._sends or self._finish_waiters)
+
+    async def watch_gateway(self, grace: float) -> None:
+        """Declare the gateway lost once calls fail to reach it and it has not answered for
+        ``grace`` seconds while something waits on it, and back when it answers again (runs
+        until cancelled).
+
+        While nothing else reaches the gateway, it is probed (``GET /healthz``, no token)
+        every ``grace / 4`` seconds (at most every 2 s), but only while something waits.
+        """
+        interval = min(2.0, grace / 4)
+        health = self._gateway.health
+        while True:
+            await asyncio.sleep(interval)
+            quiet = time.monotonic() - health.last_answer >= interval
+            if not quiet or not (self.busy() or health.lost is not None):
+                continue
+            with contextlib.suppress(TransportError):  # the gateway's health counts it
+                await self._gateway.request(
+                    "GET",
+                    "/healthz",
+                    service="gateway",
+                    auth=False,
+                    expect=range(100, 600),
+                    retry=False,
+                    timeout=interval,
+                )
+            silent = time.monotonic() - health.last_answer
+            if health.failing_since is not None and health.lost is None and silent >= grace:
+                cause = f" (last: {health.last_error})" if health.last_error else ""
+                health.lose(
+                    ServiceUnavailable(
+                        f"the node's gateway has not answered for {grace:g} s: the platform "
+                        f"is gone or unreachable{cause}",
+                        service="gateway",
+                        method="GET",
+                        url="/healthz",
+                    )
+                )
 
     async def _post_spawned(self, post: Post) -> None:
         try:
@@ -400,6 +536,7 @@ class BrokerService:
         Raises:
             PeerFailed: A peer failed or stopped first: the analysis will not finish.
             MessageTimeout: No announcement within ``timeout``.
+            ServiceUnavailable: The node's gateway stopped answering (the platform is gone).
 
         Cancellation:
             Safe; nothing is consumed.
@@ -407,7 +544,11 @@ class BrokerService:
         self._finish_waiters += 1
         try:
             async with asyncio.timeout(timeout):
-                await self.ended.wait()
+                while not self.ended.is_set():
+                    if (lost := self.protocol.mailbox.unreachable) is not None:
+                        raise lost
+                    self._end_news.clear()
+                    await self._end_news.wait()
         except TimeoutError:
             pass
         finally:
@@ -456,22 +597,36 @@ class BrokerService:
         (deadline, refused) is reported in ``missing`` with its reason, and later messages to it
         do not wait for this one.
 
+        A payload larger than the inline limit (1 MiB by default) is first stored once per
+        receiver in the storage service; the message then carries only the reference, and the
+        receiver reads the payload back before handing it over (resends re-send the reference).
+
         Raises:
             InvalidArgument: Bad receivers, category or data (before any I/O).
             UnknownNodeError: A receiver is this node or not a participant (before any I/O).
+            MessageTooLarge: The payload is over the inline limit and cannot go through the
+                storage service (a receiver runs flamesdk, or that path is off); before any I/O.
+            ServiceUnavailable: The node's gateway is declared lost (the platform is gone).
             TransportError: The broker refused the message, or could not be reached at all
-                before the deadline (no receiver got it).
+                before the deadline (no receiver got it); or storing a large payload failed.
 
         Cancellation:
             Stops resending; receivers that already acknowledged keep the message, the others
-            are given up on.
+            are given up on. Payloads already stored stay stored.
         """
         targets = (
             [p.node_id for p in self.participants] if receivers is None else self.resolve(receivers)
         )
         if not targets:
             raise InvalidArgument("there is no other node to send to")
-        payload = NodeProtocol.check_payload(data)
+        payload, raw = NodeProtocol.encode_payload(data)
+        if len(raw) + _META_ALLOWANCE > self._inline_limit and category not in _RUNTIME:
+            self._check_storable(targets, len(raw))
+            if (lost := self._gateway.health.lost) is not None:
+                raise lost
+            payload = stored_data(await self._store(targets, raw), len(raw))
+        if (lost := self._gateway.health.lost) is not None:
+            raise lost
         protocol = self.protocol
         settled: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
         message_id = protocol.send(
@@ -490,9 +645,65 @@ class BrokerService:
             self._perform()
             raise
         error_seen = self._errors.pop(message_id, None)
+        if not outcome.report.acked and (lost := self._gateway.health.lost) is not None:
+            raise lost  # the platform is gone: that is the answer, not a missing list
         if outcome.never_posted and not outcome.report.acked and error_seen is not None:
             raise error_seen  # nothing reached anyone: the broker's error is the answer
         return outcome.report
+
+    def _check_storable(self, targets: list[str], size: int) -> None:
+        """Raise if a payload of ``size`` bytes cannot travel through storage to ``targets``.
+
+        Raises:
+            MessageTooLarge: The storage path is off, or a receiver runs flamesdk.
+        """
+        limit = self._inline_limit - _META_ALLOWANCE
+        if self._large_messages == "refuse":
+            raise MessageTooLarge(
+                size,
+                limit,
+                "large messages are not sent through the storage service "
+                "(FlameSDK(large_messages='refuse')); send the value with "
+                "send_intermediate_result(), or split it",
+            )
+        protocol = self.protocol
+        legacy = [
+            t for t in targets if t in protocol.legacy_senders and t not in protocol.ordered_peers
+        ]
+        if legacy:
+            raise MessageTooLarge(
+                size,
+                limit,
+                f"{', '.join(legacy)} run{'s' if len(legacy) == 1 else ''} flamesdk, which "
+                "cannot read a message from the storage service; send the value with "
+                "send_intermediate_result(), which flamesdk reads",
+            )
+
+    async def _store(self, targets: list[str], raw: bytes) -> dict[str, str]:
+        """Store ``raw`` once per receiver (each copy readable once, by that receiver only);
+        returns each receiver's result id.
+
+        Raises:
+            TransportError: The storage service refused, or could not be reached.
+        """
+        ids: dict[str, str] = {}
+
+        async def one(receiver: str) -> None:
+            answer = await upload_object(
+                self._gateway,
+                "/storage/intermediate",
+                (raw,),
+                filename="message.json",
+                media_type="application/json",
+                fields={"remote_node_id": receiver},
+                expect=(200, 201),
+            )
+            ids[receiver] = result_id_of(answer)[0]
+
+        async with anyio.create_task_group() as tg:
+            for receiver in targets:
+                tg.start_soon(one, receiver)
+        return ids
 
     # -- waiting -------------------------------------------------------------------------------
 

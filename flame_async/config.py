@@ -56,6 +56,7 @@ ENV_OVERRIDES = {
     "FLAME_STARTUP_TIMEOUT": "seconds to wait for the gateway at start-up (default 60)",
     "FLAME_ANNOUNCE_API": "1: tell the local platform's gateway which port the node API got"
     " (local platform only; with FLAME_API_PORT=0)",
+    "FLAME_MAX_API_BODY_BYTES": "largest request body the node API accepts (default 16 MiB)",
 }
 """Optional variables and what they override."""
 
@@ -164,7 +165,8 @@ class FlameConfig(BaseModel):
         startup_timeout: ``FLAME_STARTUP_TIMEOUT``: seconds to wait for the gateway at start-up
             (default 60).
         request_timeout: Seconds one request to a node service may take (default 30).
-        max_api_body_bytes: Largest request body the node API accepts (default 16 MiB).
+        max_api_body_bytes: ``FLAME_MAX_API_BODY_BYTES``: largest request body the node API
+            accepts (default 16 MiB).
         announce_api: ``FLAME_ANNOUNCE_API``: tell the local platform's gateway which port the
             node API got (local platform only).
         retry: How failed requests are retried.
@@ -275,6 +277,13 @@ class FlameConfig(BaseModel):
                     problems.append(f"{name}={raw!r} is not a non-negative number of seconds")
                 else:
                     values[field] = number
+        if raw := environ.get("FLAME_MAX_API_BODY_BYTES", "").strip():
+            if raw.isascii() and raw.isdigit() and int(raw) > 0:
+                values["max_api_body_bytes"] = int(raw)
+            else:
+                problems.append(
+                    f"FLAME_MAX_API_BODY_BYTES={raw!r} is not a positive number of bytes"
+                )
         if raw := environ.get("FLAME_ANNOUNCE_API", "").strip():
             if raw.lower() in ("1", "true", "yes"):
                 values["announce_api"] = True
@@ -300,4 +309,5 @@ class FlameConfig(BaseModel):
             "FLAME_PARTNER_STATUS_GRACE": repr(self.partner_status_grace),
             "FLAME_STARTUP_TIMEOUT": repr(self.startup_timeout),
             "FLAME_ANNOUNCE_API": "1" if self.announce_api else "0",
+            "FLAME_MAX_API_BODY_BYTES": str(self.max_api_body_bytes),
         }

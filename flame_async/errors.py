@@ -19,6 +19,7 @@ __all__ = [
     "IncompleteResponse",
     "InvalidArgument",
     "MessageTimeout",
+    "MessageTooLarge",
     "MissingExtra",
     "NotAggregatorError",
     "NotFoundError",
@@ -67,6 +68,25 @@ class UnknownNodeError(InvalidArgument):
     def __init__(self, node_ids: Iterable[str], reason: str) -> None:
         self.node_ids: tuple[str, ...] = tuple(node_ids)
         super().__init__(f"{reason}: {', '.join(self.node_ids)}")
+
+
+class MessageTooLarge(InvalidArgument):
+    """A message is larger than the broker carries inline and cannot travel through the
+    storage service (a receiver runs flamesdk, or that path is switched off); raised before
+    any I/O.
+
+    Attributes:
+        size: The message payload's size in bytes.
+        limit: The largest payload sent inline.
+    """
+
+    def __init__(self, size: int, limit: int, reason: str) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the message is {size:,} bytes, more than the {limit:,} bytes a message carries "
+            f"inline, and {reason}"
+        )
 
 
 class SDKStateError(FlameError, RuntimeError):

@@ -16,13 +16,14 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import anyio
 
 from . import codecs
-from ._transport import GatewayClient, Multipart, parse_answer
-from ._wire import TaggedAnswer, TagsAnswer, UploadAnswer
+from ._objects import download_object, result_id_of, upload_object
+from ._transport import GatewayClient
+from ._wire import TaggedAnswer, TagsAnswer
 from .broker import BrokerService, Receivers
 from .errors import (
     InvalidArgument,
@@ -123,47 +124,24 @@ class ResultsService:
         *,
         expect: tuple[int, ...],
     ) -> bytes:
-        form = Multipart.form(
-            fields, file=encoded.parts, filename=filename, content_type=encoded.media_type
+        return await upload_object(
+            self._gateway,
+            path,
+            encoded.parts,
+            filename=filename,
+            media_type=encoded.media_type,
+            fields=fields,
+            expect=expect,
         )
-        async with self._gateway.stream(
-            "PUT", path, service="storage", body=form, expect=expect
-        ) as response:
-            return await response.read()
 
     async def _download(self, path: str, params: Mapping[str, str] | None = None) -> bytearray:
-        """The whole object, read into one buffer (sized up front when the size is known).
+        """The whole object (see :func:`~flame_async._objects.download_object`).
 
         Raises:
             TransportError: The service refused, or the body was cut off
                 (:class:`~flame_async.errors.IncompleteResponse`).
         """
-        async with self._gateway.stream(
-            "GET", path, service="storage", params=params, headers={"Accept": "*/*"}
-        ) as response:
-            size = response.content_length
-            if size is not None:
-                buffer = bytearray(size)
-                view = memoryview(buffer)
-                filled = 0
-                async for chunk in response.iter_chunks():
-                    if filled + len(chunk) > size:  # more than announced: grow instead
-                        view.release()
-                        del buffer[filled:]
-                        buffer += chunk
-                        filled = len(buffer)
-                        view = memoryview(buffer)
-                        size = filled
-                        continue
-                    view[filled : filled + len(chunk)] = chunk
-                    filled += len(chunk)
-                view.release()
-                del buffer[filled:]
-            else:
-                buffer = bytearray()
-                async for chunk in response.iter_chunks():
-                    buffer += chunk
-        return buffer
+        return await download_object(self._gateway, path, params)
 
     # ---------------------------------------------------------------- final
 
@@ -285,9 +263,7 @@ class ResultsService:
         receiver: str | None = None,
         tag: str | None = None,
     ) -> ResultInfo:
-        url = parse_answer(UploadAnswer, body, service="storage", method="PUT", url="/storage").url
-        path = urlsplit(url)
-        result_id = path.path.rsplit("/", 1)[-1] + (f"?{path.query}" if path.query else "")
+        result_id, url = result_id_of(body)
         other: dict[str, Any] = {"format": encoded.format, "url": url}
         if receiver is not None:
             other.update(receiver=receiver, direction="sent")

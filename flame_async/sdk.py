@@ -29,10 +29,19 @@ from ._transport import AiohttpTransport, GatewayClient, Transport, retry_call
 from ._watchdog import Block, LoopWatchdog
 from ._wire import ANNOUNCE_PATH, BLOCKED_PATH, ApiAnnouncement, BlockReport
 from .api import NodeApi
-from .broker import BrokerService, Handler, Receivers, discover, subscribe, unsubscribe
+from .broker import (
+    INLINE_LIMIT,
+    BrokerService,
+    Handler,
+    LargeMessages,
+    Receivers,
+    discover,
+    subscribe,
+    unsubscribe,
+)
 from .config import FlameConfig, node_environ, node_transport
 from .data import DataService, DataSource, FhirClient, S3Client
-from .errors import SDKStateError, StartupError, TransportError
+from .errors import InvalidArgument, SDKStateError, StartupError, TransportError
 from .models import (
     LocalDP,
     Message,
@@ -121,6 +130,18 @@ class FlameSDK:
             before the node logs where, once per place; None turns the watchdog off.
         aggregator_requires_data: Load data sources on the aggregator too (analyzer nodes
             always load them).
+        inline_message_limit: Largest message payload (JSON bytes, default 1 MiB) the broker
+            carries inside a message; larger ones go as ``large_messages`` says.
+        large_messages: ``"storage"`` (default): a larger payload is stored once per receiver
+            in the storage service and read back by the receiver before it hands the message
+            over, so the receiver gets the same message; ``"refuse"``: ``send_message`` raises
+            :class:`~flame_async.errors.MessageTooLarge` before any I/O. flamesdk receivers
+            cannot read stored payloads: sending them a larger message raises
+            :class:`~flame_async.errors.MessageTooLarge` either way.
+        unreachable_grace: Seconds the node's gateway may stay unreachable while something
+            waits on it (a wait, a send) before the waits end with
+            :class:`~flame_async.errors.ServiceUnavailable` (the platform is gone); the first
+            answer after that ends the outage.
 
     Raises:
         SDKStateError: (on enter) Entered twice, or on an event loop that is not asyncio's
@@ -143,7 +164,26 @@ class FlameSDK:
         shutdown_timeout: float = 10.0,
         block_warning: float | None = 1.0,
         aggregator_requires_data: bool = False,
+        inline_message_limit: int = INLINE_LIMIT,
+        large_messages: LargeMessages = "storage",
+        unreachable_grace: float = 10.0,
     ) -> None:
+        if inline_message_limit < 1:
+            raise InvalidArgument(
+                f"inline_message_limit must be a positive number of bytes, got "
+                f"{inline_message_limit!r}"
+            )
+        if large_messages not in ("storage", "refuse"):
+            raise InvalidArgument(
+                f"large_messages must be 'storage' or 'refuse', got {large_messages!r}"
+            )
+        if not unreachable_grace > 0:
+            raise InvalidArgument(
+                f"unreachable_grace must be a positive number of seconds, got {unreachable_grace!r}"
+            )
+        self._inline_limit = inline_message_limit
+        self._large_messages: LargeMessages = large_messages
+        self._unreachable_grace = unreachable_grace
         self._config_arg = config
         self._transport_arg = transport
         self._ship_logs = ship_logs
@@ -265,7 +305,10 @@ class FlameSDK:
             discovery=discovery,
             task_group=tg,
             settings=self._settings,
+            inline_limit=self._inline_limit,
+            large_messages=self._large_messages,
         )
+        tg.start_soon(broker.watch_gateway, self._unreachable_grace)
         stack.callback(broker.stop)  # after the steps below: no resend once the end began
         self._broker_ready.set_result(broker)
         stack.push_async_callback(self._drain, broker)  # after telling the peers: acks out

@@ -9,6 +9,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,6 +22,9 @@ from .models import RunStatus
 __all__ = ["PoLogHandler", "Progress", "StatusService"]
 
 log = logging.getLogger("flame_async.status")
+
+MAX_LOG_CHARS: Final = 64 * 1024
+"""Longest log text shipped to the PO in one line; longer texts are cut and say so."""
 
 _LOG_TYPES: tuple[tuple[int, LogType], ...] = (
     (50, "crit"),
@@ -229,9 +233,15 @@ class StatusService:
     # ------------------------------------------------------------------ logs
 
     def enqueue(self, text: str, log_type: LogType) -> None:
-        """Queue one log line for the PO; drops the oldest when the queue is full."""
+        """Queue one log line for the PO; drops the oldest when the queue is full.
+
+        A text longer than 64 Ki characters is cut (and says so): a PO takes bounded requests,
+        and the status and progress that travel with the line must not be lost with it.
+        """
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+        if len(text) > MAX_LOG_CHARS:
+            text = text[:MAX_LOG_CHARS] + f"\n[… cut: {len(text):,} characters in all]"
         self._queue.append((text, log_type, self.status, self.progress.percent))
         self._wake_shipper()
 

@@ -11,6 +11,7 @@ from ._actions import (
     AcksPending,
     Action,
     AnalysisFinished,
+    Fetch,
     Instant,
     PeerEnded,
     Post,
@@ -24,13 +25,16 @@ from ._actions import (
 from ._core import NodeProtocol, ProtocolSettings, new_epoch
 from ._mailbox import Mailbox, Waiter
 from ._ordering import Arrival, SenderStream
+from ._stored import STORED_KEY, stored_data, stored_reference
 from ._wiretime import format_wire_time, parse_wire_time
 
 __all__ = [
+    "STORED_KEY",
     "AcksPending",
     "Action",
     "AnalysisFinished",
     "Arrival",
+    "Fetch",
     "Instant",
     "Mailbox",
     "NodeProtocol",
@@ -48,4 +52,6 @@ __all__ = [
     "format_wire_time",
     "new_epoch",
     "parse_wire_time",
+    "stored_data",
+    "stored_reference",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "AcksPending",
     "Action",
     "AnalysisFinished",
+    "Fetch",
     "Instant",
     "PeerEnded",
     "Post",
@@ -145,5 +146,25 @@ class PeerEnded:
     failure: PeerFailed
 
 
-Action: TypeAlias = Post | Settled | Wake | RunHandler | AcksPending | AnalysisFinished | PeerEnded
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fetch:
+    """Read a large message's payload from the storage service, where its sender put it.
+
+    The message stays queued, unseen, until :meth:`NodeProtocol.fetched` brings its data (or
+    the error); later messages of the same sender wait behind it.
+
+    Attributes:
+        message: The message as it arrived (its ``data`` is the storage reference).
+        result_id: The stored object for this node: ``{object_id}?remote_node_id={sender}``.
+        size: The payload's size in bytes, as its sender announced it.
+    """
+
+    message: Message
+    result_id: str
+    size: int
+
+
+Action: TypeAlias = (
+    Post | Settled | Wake | RunHandler | AcksPending | AnalysisFinished | PeerEnded | Fetch
+)
 """Anything the core asks the shell to do."""

@@ -32,12 +32,13 @@ import orjson
 from pydantic import ValidationError
 
 from .._wire import StreamInfo, WireMeta
-from ..errors import InvalidArgument, UnknownNodeError
+from ..errors import InvalidArgument, ServiceUnavailable, UnknownNodeError
 from ..models import Category, Message, SendReport
 from ._actions import (
     AcksPending,
     Action,
     AnalysisFinished,
+    Fetch,
     Instant,
     PeerEnded,
     Post,
@@ -51,6 +52,7 @@ from ._actions import (
 from ._mailbox import Mailbox
 from ._ordering import Arrival, SenderStream
 from ._outbox import Outbox, Outgoing
+from ._stored import STORED_KEY, stored_reference
 from ._wiretime import format_wire_time, parse_wire_time
 
 __all__ = ["NodeProtocol", "ProtocolSettings", "new_epoch"]
@@ -88,6 +90,12 @@ class ProtocolSettings:
         epoch: Unique to this process start, and greater than the epoch of any earlier start
             of the same node (:func:`new_epoch` makes one from the wall clock; the core reads no
             clock, so the shell passes it). A random one when None (tests).
+        max_backlog: Most messages of one sender that may wait (queued or held back) for the
+            analysis to take them; beyond, new ones are refused with 503 until it takes some
+            (the sender resends).
+        max_backlog_bytes: Most bytes of one sender's queued messages (as they arrived).
+        max_remembered_ids: Message ids remembered per flamesdk sender to drop its duplicates
+            (the oldest are forgotten first; flame-async senders need none: they number).
     """
 
     resend_initial: float = 1.0
@@ -95,6 +103,9 @@ class ProtocolSettings:
     retry_initial: float = 0.05
     gap_timeout: float = 5.0
     epoch: str | None = None
+    max_backlog: int = 100_000
+    max_backlog_bytes: int = 1 << 30
+    max_remembered_ids: int = 100_000
 
 
 class NodeProtocol:
@@ -137,7 +148,10 @@ class NodeProtocol:
         """Receivers known to keep per-sender order (their acks say so)."""
         self.stats: Counter[str] = Counter()
         self._streams: dict[str, SenderStream[Message]] = {}
-        self._seen: dict[str, set[str]] = {}
+        self._seen: dict[str, dict[str, None]] = {}
+        """Per flamesdk sender: the ids taken, oldest first (a bounded window)."""
+        self._arrival_sizes: dict[tuple[str, str], int] = {}
+        """Bytes of each taken message until it is handed over (queued or held back)."""
         self._acks: dict[str, list[dict[str, Any]]] = {}
         self._single_acks: list[tuple[str, dict[str, Any]]] = []
         self._acks_pending = False
@@ -231,26 +245,39 @@ class NodeProtocol:
         """The message data as it will be sent.
 
         Raises:
-            InvalidArgument: Not a JSON object, uses the reserved key ``meta``, or is not
-                JSON-serialisable.
+            InvalidArgument: As :meth:`encode_payload`.
+        """
+        return NodeProtocol.encode_payload(data)[0]
+
+    @staticmethod
+    def encode_payload(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+        """The message data as it will be sent, and its JSON (whose size decides whether the
+        message travels inline or through the storage service).
+
+        Raises:
+            InvalidArgument: Not a JSON object, uses a reserved key (``meta``,
+                ``_flame_async_stored``), or is not JSON-serialisable.
         """
         if data is None:
-            return {}
+            return {}, b"{}"
         if not isinstance(data, Mapping):
             raise InvalidArgument(
                 f"message data must be a dict (a JSON object), got {type(data).__name__}; "
                 "wrap other values, e.g. {'value': x}"
             )
-        if "meta" in data:
-            raise InvalidArgument("message data must not contain the reserved key 'meta'")
+        for reserved in ("meta", STORED_KEY):
+            if reserved in data:
+                raise InvalidArgument(
+                    f"message data must not contain the reserved key {reserved!r}"
+                )
         try:
-            orjson.dumps(data)
+            raw = orjson.dumps(data)
         except TypeError as exc:
             raise InvalidArgument(
                 f"message data is not JSON-serialisable ({exc}); send large or typed values with "
                 "send_intermediate_result()"
             ) from exc
-        return dict(data)
+        return dict(data), raw
 
     def send(
         self,
@@ -413,7 +440,9 @@ class NodeProtocol:
         if stream is not None:
             self.ordered_senders.add(sender)
             self.legacy_senders.discard(sender)
-        elif sender not in self.ordered_senders:
+        elif sender not in self.ordered_senders and sender not in self.ordered_peers:
+            # a node known to run flame-async (it numbered a message or its ack said so) is
+            # never taken for flamesdk by a message without numbers: that one is forged
             self.legacy_senders.add(sender)
         if meta.category == _SETTLE:
             if stream is not None:
@@ -421,10 +450,28 @@ class NodeProtocol:
             return None
         seq = stream.seq.get(self.node_id) if stream is not None else None
         if stream is None or seq is None:
-            self._receive_unordered(meta, data, now)
-        else:
-            self._receive_ordered(meta, data, stream, seq, now)
-        return None
+            return self._receive_unordered(meta, data, len(body), now)
+        return self._receive_ordered(meta, data, stream, seq, size=len(body), now=now)
+
+    def _backlog_full(self, meta: WireMeta, size: int) -> Rejection | None:
+        """Refuse a new message while its sender's backlog is at its bound (503: the sender
+        resends later). Runtime categories are never queued and always pass."""
+        if meta.category in _RESERVED:
+            return None
+        sender = meta.sender
+        count, queued = self.mailbox.backlog(sender)
+        stream = self._streams.get(sender)
+        count += len(stream.held) if stream is not None else 0
+        settings = self.settings
+        if count < settings.max_backlog and queued + size <= settings.max_backlog_bytes:
+            return None
+        self.stats["backlog_full"] += 1
+        return Rejection(
+            503,
+            "backlog full",
+            f"{count} messages ({queued} bytes) from {sender} wait for this node's analysis to "
+            "take them; try again later",
+        )
 
     def _check_sender(self, sender: str) -> Rejection | None:
         if sender == self.node_id:
@@ -488,17 +535,25 @@ class NodeProtocol:
             error=meta.error,
         )
 
-    def _receive_unordered(self, meta: WireMeta, data: dict[str, Any], now: Instant) -> None:
+    def _receive_unordered(
+        self, meta: WireMeta, data: dict[str, Any], size: int, now: Instant
+    ) -> Rejection | None:
         message = self._message(meta, data, now)  # built first: nothing is recorded on failure
-        seen = self._seen.setdefault(meta.sender, set())
+        seen = self._seen.setdefault(meta.sender, {})
         if meta.id in seen:
             self.stats["duplicates"] += 1
             self._queue_ack(meta, now, ordered=False)
-            return
-        seen.add(meta.id)
+            return None
+        if (full := self._backlog_full(meta, size)) is not None:
+            return full
+        seen[meta.id] = None
+        if len(seen) > self.settings.max_remembered_ids:
+            del seen[next(iter(seen))]  # the oldest: its duplicates are long past
         self.stats["received"] += 1
         self._queue_ack(meta, now, ordered=False)
+        self._arrival_sizes[meta.sender, meta.id] = size
         self._hand_over(message)
+        return None
 
     def _receive_ordered(
         self,
@@ -506,18 +561,27 @@ class NodeProtocol:
         data: dict[str, Any],
         stream: StreamInfo,
         seq: int,
+        *,
+        size: int,
         now: Instant,
-    ) -> None:
+    ) -> Rejection | None:
         message = self._message(meta, data, now)  # built first: nothing is recorded on failure
         sender = meta.sender
         floor = stream.floor.get(self.node_id, seq)
         state = self._streams.get(sender)
         released: list[Message] = []
-        if state is None or state.epoch != stream.epoch:
-            if state is not None and stream.epoch < state.epoch:  # a late one from a dead run
-                self.stats["refused"] += 1
-                self._queue_refusal(meta, now, "it comes from an earlier run of its sender")
-                return
+        fresh = state is None or state.epoch != stream.epoch
+        if fresh and state is not None and stream.epoch < state.epoch:  # from a dead run
+            self.stats["refused"] += 1
+            self._queue_refusal(meta, now, "it comes from an earlier run of its sender")
+            return None
+        new = fresh or state is None or state.would_accept(seq) == Arrival.NEW
+        # the next number a sender's held messages wait for is always taken: refusing it
+        # would hold them (and the sender) until the gap times out
+        next_up = not fresh and state is not None and bool(state.held) and seq == state.expected
+        if new and not next_up and (full := self._backlog_full(meta, size)) is not None:
+            return full
+        if state is None or fresh:
             if state is not None:  # the sender restarted: what it held back goes as it is
                 released.extend(state.release_all())
             # from 1, not from the floor: arrive() records the numbers below the floor (settled
@@ -534,10 +598,12 @@ class NodeProtocol:
                 self.stats["duplicates"] += 1
             else:
                 self.stats["received"] += 1
+                self._arrival_sizes[sender, meta.id] = size
             self._queue_ack(meta, now, ordered=True)
         if state.held and not had_held:
             self._arm(now.mono + self.settings.gap_timeout, _GAP, sender)
         self._hand_over_all(released)
+        return None
 
     def _apply_notice(self, sender: str, stream: StreamInfo) -> None:
         state = self._streams.get(sender)
@@ -552,9 +618,13 @@ class NodeProtocol:
             self.stats["foreign_acks"] += 1
             return  # an ack of someone else's message: nothing of ours
         node = meta.akn_id or ""
+        if node not in self.participants:
+            self.stats["foreign_acks"] += 1
+            return  # no participant of this analysis: nothing it says counts
         self.heard_from.add(node)
         if meta.ordered:
             self.ordered_peers.add(node)
+            self.legacy_senders.discard(node)
         self.stats["acks"] += 1
         refusal = None if meta.refused is None else f"{node} refused it: {meta.refused}"
         for message_id in (meta.id, *(meta.acks or ())):
@@ -630,6 +700,7 @@ class NodeProtocol:
 
     def _hand_over(self, message: Message) -> None:
         self.stats["handed_over"] += 1
+        size = self._arrival_sizes.pop((message.sender, message.id), 0)
         category = message.category
         if category == Category.READY_CHECK:
             return
@@ -642,10 +713,44 @@ class NodeProtocol:
             status = str(message.data.get("status", "failed"))
             self._close_peer(message.sender, status, str(message.data.get("reason", "")))
             return
-        if category in self.handlers and message.reply_to is None:
+        if message.sender in self.ordered_senders and (
+            stored := stored_reference(message.data, self.node_id)
+        ):
+            # a large message: its payload waits in storage; it is seen once that is read
+            self.mailbox.enqueue(message, size, pending=True)
+            self._emit(Fetch(message, *stored))
+            return
+        self._dispatch(message, size)
+
+    def _dispatch(self, message: Message, size: int) -> None:
+        if message.category in self.handlers and message.reply_to is None:
             self._emit(RunHandler(message))
             return
-        if waiters := self.mailbox.enqueue(message):
+        if waiters := self.mailbox.enqueue(message, size):
+            self._emit(Wake(waiters))
+
+    def fetched(
+        self,
+        message: Message,
+        data: dict[str, Any] | None = None,
+        *,
+        size: int = 0,
+        error: Exception | None = None,
+    ) -> None:
+        """The payload of a large message (see :class:`Fetch`) was read: ``data`` of ``size``
+        bytes, or ``error`` when it cannot be. The message is then handed over with its data,
+        or its sender's next take raises ``error``."""
+        if error is not None:
+            self.stats["fetch_failed"] += 1
+            if waiters := self.mailbox.fail(message, error):
+                self._emit(Wake(waiters))
+            return
+        full = message.model_copy(update={"data": data or {}})
+        self.stats["fetched"] += 1
+        if message.category in self.handlers and message.reply_to is None:
+            self.mailbox.discard(message)
+            self._emit(RunHandler(full))
+        elif waiters := self.mailbox.resolve(full, size):
             self._emit(Wake(waiters))
 
     # -- peers -------------------------------------------------------------------------------
@@ -668,6 +773,23 @@ class NodeProtocol:
             self._emit(PeerEnded(failure))
             if waiters := self.mailbox.waiters_for(None, None):
                 self._emit(Wake(waiters))
+
+    def services_unreachable(self, error: ServiceUnavailable | None, now: Instant) -> None:
+        """The node's services (its gateway) cannot be reached (``error``), or can be again
+        (None).
+
+        While unreachable, waits with nothing queued for them end with ``error``, and every
+        send under way is given up on (each receiver's reason names it); messages already
+        queued are still handed over.
+        """
+        self.mailbox.unreachable = error
+        if error is None:
+            return
+        reason = f"the node's services could not be reached: {error}"
+        for out in list(self.outbox.sending.values()):
+            self._give_up(out, list(out.pending), reason, now)
+        if waiters := self.mailbox.waiters_for(None, None):
+            self._emit(Wake(waiters))
 
     # -- waits -------------------------------------------------------------------------------
 
@@ -702,8 +824,11 @@ class NodeProtocol:
     def reply_match(self, request_id: str) -> Callable[[Message], bool]:
         """What counts as a reply to ``request_id``: a reply naming it, or (from a flamesdk
         node, which cannot name it) any message of the category."""
-        legacy = self.legacy_senders
-        return lambda m: m.reply_to == request_id or (m.reply_to is None and m.sender in legacy)
+        legacy, ordered = self.legacy_senders, self.ordered_peers
+        return lambda m: (
+            m.reply_to == request_id
+            or (m.reply_to is None and m.sender in legacy and m.sender not in ordered)
+        )
 
     # -- handlers ----------------------------------------------------------------------------
 

@@ -9,10 +9,12 @@ that is cancelled or times out in between takes nothing with it.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
 
-from ..errors import PeerFailed
+import orjson
+
+from ..errors import PeerFailed, ServiceUnavailable
 from ..models import Message
 
 __all__ = ["Mailbox", "Waiter"]
@@ -52,18 +54,86 @@ class Mailbox:
         arrival time) is the order: a held message is handed over after the earlier-numbered
         one that arrived later."""
         self._ranks = 0
+        self._sizes: dict[tuple[str, str], int] = {}
+        """Bytes of each queued message as it arrived, by ``(sender, id)``."""
+        self.queued_bytes: Counter[str] = Counter()
+        """Per sender: bytes of its queued messages (as they arrived)."""
         self._waiters: dict[int, Waiter] = {}
         self._next_waiter = 0
         self.closed: dict[str, PeerFailed] = {}
         self.closed_all: PeerFailed | None = None
+        self.unreachable: ServiceUnavailable | None = None
+        """Set while the node's services cannot be reached: waits end with it."""
+        self._pending_of: Counter[str] = Counter()
+        self._pending: set[tuple[str, str]] = set()
+        """Queued messages whose payload is still being read from storage: unseen, and the
+        sender's later messages wait behind them."""
+        self._failed: dict[tuple[str, str], Exception] = {}
+        """Queued messages whose payload could not be read: the next take of their sender
+        raises the error (and removes them)."""
 
     # -- queues ------------------------------------------------------------------------------
 
-    def enqueue(self, message: Message) -> tuple[int, ...]:
-        """Queue ``message`` after its sender's others; returns the waiters to wake."""
+    def enqueue(self, message: Message, size: int = 0, *, pending: bool = False) -> tuple[int, ...]:
+        """Queue ``message`` (``size`` bytes as it arrived) after its sender's others; returns
+        the waiters to wake (none while it is ``pending``: see :meth:`resolve`)."""
         self._ranks += 1
+        key = (message.sender, message.id)
         self._queues.setdefault(message.sender, deque()).append((self._ranks, message))
+        self._sizes[key] = size
+        self.queued_bytes[message.sender] += size
+        if pending:
+            self._pending.add(key)
+            self._pending_of[message.sender] += 1
+            return ()
+        if self._pending_of[message.sender]:
+            return ()  # behind a message still read from storage: news once that one is in
         return self.waiters_for(message.sender, message.category)
+
+    def resolve(self, message: Message, size: int) -> tuple[int, ...]:
+        """A pending message's payload arrived: ``message`` replaces it in place (``size``
+        bytes); returns the waiters to wake."""
+        key = (message.sender, message.id)
+        if key not in self._pending:
+            return ()
+        self._unpend(key)
+        self._replace(message)
+        self.queued_bytes[message.sender] += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+        return self.waiters_for(message.sender, None)  # it, and what waited behind it
+
+    def _unpend(self, key: tuple[str, str]) -> None:
+        self._pending.discard(key)
+        self._pending_of[key[0]] -= 1
+
+    def fail(self, message: Message, error: Exception) -> tuple[int, ...]:
+        """A pending message's payload cannot be read: its sender's next take raises
+        ``error``; returns the waiters to wake."""
+        key = (message.sender, message.id)
+        if key not in self._pending:
+            return ()
+        self._unpend(key)
+        self._failed[key] = error
+        return self.waiters_for(message.sender, None)
+
+    def discard(self, message: Message) -> None:
+        """Remove a queued message without handing it to a wait (it went to a handler)."""
+        key = (message.sender, message.id)
+        queue = self._queues.get(message.sender, deque())
+        for index, (_, queued) in enumerate(queue):
+            if queued.id == message.id:
+                del queue[index]
+                break
+        if key in self._pending:
+            self._unpend(key)
+        self.queued_bytes[message.sender] -= self._sizes.pop(key, 0)
+
+    def _replace(self, message: Message) -> None:
+        queue = self._queues.get(message.sender, deque())
+        for index, (rank, queued) in enumerate(queue):
+            if queued.id == message.id:
+                queue[index] = (rank, message)
+                return
 
     def requeue(self, message: Message, rank: int) -> None:
         """Put a message taken with :meth:`take_ranked` back where it was (its wait was
@@ -71,6 +141,13 @@ class Mailbox:
         queue = self._queues.setdefault(message.sender, deque())
         index = next((i for i, (queued, _) in enumerate(queue) if queued > rank), len(queue))
         queue.insert(index, (rank, message))
+        size = len(orjson.dumps(message.data))  # about what it took on arrival (rare path)
+        self._sizes[message.sender, message.id] = size
+        self.queued_bytes[message.sender] += size
+
+    def backlog(self, sender: str) -> tuple[int, int]:
+        """How many messages of ``sender`` are queued, and their bytes."""
+        return len(self._queues.get(sender, ())), self.queued_bytes[sender]
 
     def take(
         self,
@@ -80,7 +157,12 @@ class Mailbox:
         """Remove and return the first queued message of ``senders`` (any sender if None).
 
         Among several senders the one whose first matching message arrived first wins; within
-        one sender the first message matching ``predicate`` in hand-over order is taken.
+        one sender the first message matching ``predicate`` in hand-over order is taken. A
+        message whose payload is still read from storage is not seen yet, nor anything its
+        sender sent after it.
+
+        Raises:
+            Exception: As :meth:`take_ranked`.
         """
         taken = self.take_ranked(senders, predicate)
         return None if taken is None else taken[1]
@@ -90,14 +172,28 @@ class Mailbox:
         senders: Collection[str] | None,
         predicate: Callable[[Message], bool] | None = None,
     ) -> tuple[int, Message] | None:
-        """Like :meth:`take`, with the message's rank, for :meth:`requeue`."""
+        """Like :meth:`take`, with the message's rank, for :meth:`requeue`.
+
+        Raises:
+            Exception: The sender's next message could not be read from storage (the error
+                :meth:`fail` recorded); it is removed, so the take after it goes on.
+        """
         best: tuple[Message, str, int] | None = None
         names = self._queues.keys() if senders is None else senders
+        special = self._pending or self._failed
         for sender in names:
             queue = self._queues.get(sender)
             if not queue:
                 continue
             for index, (_, message) in enumerate(queue):
+                if special:
+                    key = (sender, message.id)
+                    if key in self._pending:
+                        break  # unseen yet, and the sender's later messages wait behind it
+                    if key in self._failed:  # the error is the news, whatever was asked
+                        if best is None or message.arrived_at < best[0].arrived_at:
+                            best = (message, sender, index)
+                        break
                 if predicate is None or predicate(message):
                     if best is None or message.arrived_at < best[0].arrived_at:
                         best = (message, sender, index)
@@ -108,6 +204,10 @@ class Mailbox:
         queue = self._queues[sender]
         entry = queue[index]
         del queue[index]
+        key = (sender, entry[1].id)
+        self.queued_bytes[sender] -= self._sizes.pop(key, 0)
+        if (error := self._failed.pop(key, None)) is not None:
+            raise error
         return entry
 
     def peek(
@@ -115,14 +215,17 @@ class Mailbox:
         senders: Collection[str] | None = None,
         predicate: Callable[[Message], bool] | None = None,
     ) -> list[Message]:
-        """Queued messages in hand-over order, without removing them."""
+        """Queued messages in hand-over order, without removing them (not those still read
+        from storage, nor what their senders sent after them)."""
         names = self._queues.keys() if senders is None else senders
-        found = [
-            (rank, m)
-            for s in names
-            for rank, m in self._queues.get(s, ())
-            if predicate is None or predicate(m)
-        ]
+        found: list[tuple[int, Message]] = []
+        for sender in names:
+            for rank, message in self._queues.get(sender, ()):
+                key = (sender, message.id)
+                if key in self._pending:
+                    break  # unseen, and so is what its sender sent after it
+                if key not in self._failed and (predicate is None or predicate(message)):
+                    found.append((rank, message))
         return [m for _, m in sorted(found, key=lambda entry: entry[0])]
 
     def queued_count(self) -> int:
@@ -177,8 +280,11 @@ class Mailbox:
         """Raise when every awaited sender has ended (a failure first, else a finish).
 
         Raises:
+            ServiceUnavailable: The node's services cannot be reached (see :attr:`unreachable`).
             PeerFailed: Nobody awaited will send anything more.
         """
+        if self.unreachable is not None:
+            raise self.unreachable
         if self.closed_all is not None:
             raise self.closed_all
         names = self.participants if senders is None else senders
@@ -191,8 +297,11 @@ class Mailbox:
         """Stop waiting for finished senders; raise for a failed or stopped one.
 
         Raises:
+            ServiceUnavailable: The node's services cannot be reached (see :attr:`unreachable`).
             PeerFailed: An awaited sender failed or stopped (or this node adopted a status).
         """
+        if self.unreachable is not None:
+            raise self.unreachable
         if self.closed_all is not None:
             raise self.closed_all
         for name in sorted(remaining):

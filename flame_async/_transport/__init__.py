@@ -7,12 +7,13 @@ read, arrives as a :class:`~flame_async.errors.TransportError`.
 
 from ._aiohttp import AiohttpTransport, aiohttp_data
 from ._base import Transport
-from ._client import GatewayClient, parse_answer
+from ._client import GatewayClient, GatewayHealth, parse_answer
 from ._errors import RETRYABLE_STATUS, detail_of, is_retryable, retry_call, status_error
 from ._http import (
     Body,
     BodyTooLarge,
     Buffer,
+    ConnectionDropped,
     FileBody,
     Form,
     FormPart,
@@ -32,10 +33,12 @@ __all__ = [
     "Body",
     "BodyTooLarge",
     "Buffer",
+    "ConnectionDropped",
     "FileBody",
     "Form",
     "FormPart",
     "GatewayClient",
+    "GatewayHealth",
     "Handler",
     "Multipart",
     "Part",

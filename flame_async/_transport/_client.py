@@ -7,8 +7,9 @@ statuses that count as success, the error for any other status, and retries per 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -16,16 +17,66 @@ from pydantic import BaseModel, ValidationError
 
 from .._jwt import TokenStore
 from ..config import RetryPolicy
-from ..errors import ServiceError, TransportError
+from ..errors import RequestTimeout, ServiceError, ServiceUnavailable, TransportError
 from ._base import Transport
 from ._errors import retry_call, status_error
 from ._http import Body, BodyTooLarge, Request, Response
 
-__all__ = ["GatewayClient", "parse_answer"]
+__all__ = ["GatewayClient", "GatewayHealth", "parse_answer"]
 
 M = TypeVar("M", bound=BaseModel)
 
 _ACCEPT_JSON = {"accept": "application/json"}
+
+
+class GatewayHealth:
+    """Whether the node's gateway answers, as every call through it sees it.
+
+    Any answer (whatever its status) counts as reachable; a connection that cannot be made or
+    breaks, or no answer in time, as not. A watcher (the SDK's) declares the gateway *lost*
+    once it has not answered for its grace period; the first answer after that declares it
+    back. Listeners hear both.
+    """
+
+    __slots__ = ("_listeners", "failing_since", "last_answer", "last_error", "lost")
+
+    def __init__(self) -> None:
+        self.last_answer = time.monotonic()
+        """When the gateway last answered (monotonic seconds)."""
+        self.failing_since: float | None = None
+        """When calls started failing to reach it, if they fail now."""
+        self.last_error: TransportError | None = None
+        """The last failure to reach it (no connection, or no answer in time)."""
+        self.lost: ServiceUnavailable | None = None
+        """Set while the gateway is declared lost (see :meth:`lose`)."""
+        self._listeners: list[Callable[[ServiceUnavailable | None], None]] = []
+
+    def listen(self, listener: Callable[[ServiceUnavailable | None], None]) -> None:
+        """Call ``listener(error)`` when the gateway is declared lost, ``listener(None)`` when
+        it answers again."""
+        self._listeners.append(listener)
+
+    def answered(self) -> None:
+        """A call got an answer."""
+        self.last_answer = time.monotonic()
+        self.failing_since = None
+        if self.lost is not None:
+            self.lost = None
+            for listener in self._listeners:
+                listener(None)
+
+    def failed(self, error: TransportError) -> None:
+        """A call could not reach the gateway, or got no answer in time."""
+        self.last_error = error
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+    def lose(self, error: ServiceUnavailable) -> None:
+        """Declare the gateway lost (once; until it answers again)."""
+        if self.lost is None:
+            self.lost = error
+            for listener in self._listeners:
+                listener(error)
 
 
 class GatewayClient:
@@ -45,6 +96,8 @@ class GatewayClient:
         self.tokens = tokens
         self.retry_policy = retry
         self.timeout = timeout
+        self.health = GatewayHealth()
+        """Whether the gateway answers (every call reports to it)."""
 
     def _headers(
         self, headers: Mapping[str, str] | None, auth: bool, *, json: bool
@@ -57,6 +110,17 @@ class GatewayClient:
         if headers:
             merged.update((k.lower(), v) for k, v in headers.items())
         return merged
+
+    async def _open(self, stack: AsyncExitStack, request: Request) -> Response:
+        """Open ``request`` on the transport (closed with ``stack``), telling :attr:`health`
+        whether the gateway answered."""
+        try:
+            response = await stack.enter_async_context(self.transport.open(request))
+        except (ServiceUnavailable, RequestTimeout) as exc:
+            self.health.failed(exc)
+            raise
+        self.health.answered()
+        return response
 
     async def request(
         self,
@@ -110,7 +174,8 @@ class GatewayClient:
         async def once() -> bytes:
             # the token is read for every attempt: a retry uses a refreshed one
             request.headers = self._headers(headers, auth, json=json is not None)
-            async with self.transport.open(request) as response:
+            async with AsyncExitStack() as stack:
+                response = await self._open(stack, request)
                 payload = await response.read()
                 status = response.status
             if status not in expect:
@@ -183,7 +248,8 @@ class GatewayClient:
             service=service,
             connect_timeout=timeout or self.timeout,
         )
-        async with self.transport.open(request) as response:
+        async with AsyncExitStack() as stack:
+            response = await self._open(stack, request)
             if response.status not in expect:
                 try:
                     text = await response.read(64 * 1024)

@@ -238,7 +238,11 @@ class Request:
         if isinstance(self.body, bytes):
             return len(self.body)
         raw = self.headers.get("content-length")
-        return int(raw) if raw is not None and raw.isdigit() else None
+        return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+
+    def __repr__(self) -> str:
+        # never the headers: they carry the bearer token and the data proxy's apikey
+        return f"Request({self.method} {self.path}, service={self.service!r})"
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body as bytes.
@@ -364,6 +368,13 @@ class Response:
 
 Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
 """Something that answers requests: a node API, a local platform gateway."""
+
+
+class ConnectionDropped(Exception):
+    """Raised by a handler: drop the connection without answering, as a crashing server or a
+    reset does. Over HTTP the client sees the connection close; in memory, a
+    :class:`~flame_async.errors.ServiceUnavailable`. (The local platform's chaos mode uses it.)
+    """
 
 
 class BodyTooLarge(Exception):

@@ -22,7 +22,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 from anyio.abc import TaskStatus
 
 from ..errors import StartupError
-from ._http import Body, Buffer, FileBody, Form, FormPart, Handler, Request, Response
+from ._http import (
+    Body,
+    Buffer,
+    ConnectionDropped,
+    FileBody,
+    Form,
+    FormPart,
+    Handler,
+    Request,
+    Response,
+)
 
 __all__ = ["NodeApiMount", "aiohttp_app", "serve_handler", "to_request", "write_response"]
 
@@ -226,6 +236,10 @@ async def _answer(handler: Handler, request: web.Request, *, strip: str = "") ->
         if strip:
             ours.path = ours.path[len(strip) :] or "/"
         response = await handler(ours)
+    except ConnectionDropped:
+        if request.transport is not None:
+            request.transport.abort()  # the client sees the connection close, no answer
+        return web.Response(status=204)  # never written: the connection is gone
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
         reason = getattr(cause, "message", "") or type(cause or exc).__name__

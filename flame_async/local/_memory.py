@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 from anyio.abc import TaskStatus
 
-from .._transport import Buffer, Handler, Request, Response
+from .._transport import Buffer, ConnectionDropped, Handler, Request, Response
 from ..errors import IncompleteResponse, RequestTimeout, SDKStateError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ class MemoryTransport:
         """Hand ``request`` to the node's gateway; its answer is open inside the block.
 
         Raises:
-            ServiceUnavailable: The platform is gone (it exited).
+            ServiceUnavailable: The platform is gone (it exited), or the service dropped the
+                connection (chaos mode).
             RequestTimeout: The gateway did not answer within ``request.timeout``.
             SDKStateError: The transport is not entered.
 
@@ -127,6 +128,13 @@ class MemoryTransport:
         try:
             with anyio.fail_after(limit) if limit is not None else nullcontext():
                 answer = await gateway(request)
+        except ConnectionDropped as exc:
+            raise ServiceUnavailable(
+                f"cannot reach {request.service}: the connection was reset",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            ) from exc
         except TimeoutError as exc:
             raise RequestTimeout(
                 f"{request.service} did not answer {request.method} {where[2]} in time",

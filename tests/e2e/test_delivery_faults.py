@@ -51,12 +51,13 @@ async def test_a_message_behind_an_oversized_one_is_handed_over_not_held(transpo
     drops it. The small message after it must reach the analysis, not wait for it forever.
 
     The nodes take less than the broker does (1 MiB against 16 MiB; with equal limits the
-    broker refuses such a message at send time already).
+    broker refuses such a message at send time already), and send it inline, not through
+    storage.
     """
     async with running(
         2,
         transport=transport,
-        sdk={"gap_timeout": 2.0},
+        sdk={"gap_timeout": 2.0, "inline_message_limit": 8 << 20},
         config={"max_api_body_bytes": 1 << 20},
     ) as (platform, (a, b)):
         big = {"blob": "x" * (2 << 20)}

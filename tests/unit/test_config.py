@@ -166,3 +166,11 @@ async def test_data_source_token_never_shows_in_reprs_logs_or_errors(
     shown += [repr(data), repr(client), str(refused.value), repr(refused.value), caplog.text]
     for text in shown:
         assert secret not in text
+
+
+def test_the_api_body_limit_comes_from_the_environment() -> None:
+    config = FlameConfig.from_env(env(FLAME_MAX_API_BODY_BYTES="1048576"))
+    assert config.max_api_body_bytes == 1 << 20
+    assert FlameConfig.from_env(config.to_env()) == config
+    with pytest.raises(ConfigError, match="FLAME_MAX_API_BODY_BYTES='lots'"):
+        FlameConfig.from_env(env(FLAME_MAX_API_BODY_BYTES="lots"))

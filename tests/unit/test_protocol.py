@@ -17,6 +17,7 @@ from flame_async._protocol import (
     AcksPending,
     Action,
     AnalysisFinished,
+    Fetch,
     Instant,
     NodeProtocol,
     PeerEnded,
@@ -792,3 +793,173 @@ def test_stream_numbers_below_one_are_refused_and_nothing_is_recorded(field: str
     assert b.stats["rejected"] == 1
     assert deliver(post, b) is None  # the good one is still taken
     assert numbers(take_all(b)) == [1]
+
+
+# -- bounds and forged input (a node API is reachable by whatever shares its network) ----------
+
+
+def bounded(name: str, **limits: int) -> NodeProtocol:
+    settings = ProtocolSettings(epoch=f"e-{name}", **limits)
+    return NodeProtocol(name, NODES, settings)
+
+
+def test_a_full_backlog_refuses_new_messages_with_503_until_the_analysis_takes_one() -> None:
+    a, b = node("a"), bounded("b", max_backlog=2)
+    sent = [send(a, n=n)[1] for n in (1, 2, 3)]
+    assert deliver(sent[0], b) is None
+    assert deliver(sent[1], b) is None
+    full = deliver(sent[2], b)
+    assert full is not None and (full.status, full.key) == (503, "backlog full")
+    assert "2 messages" in full.reason and "from a" in full.reason
+    assert deliver(sent[0], b) is None  # a duplicate is acked again, not refused
+    assert b.take(None) is not None  # the analysis takes one: there is room again
+    assert deliver(sent[2], b) is None
+    assert numbers(take_all(b)) == [2, 3]
+    [ack_post] = acks(b)
+    assert ack_post.body["meta"]["id"] == sent[0].message_id  # acks cover the taken ones only
+
+
+def test_held_messages_count_towards_the_backlog_and_runtime_categories_always_pass() -> None:
+    a, b = node("a"), bounded("b", max_backlog=2)
+    sent = [send(a, n=n)[1] for n in (1, 2, 3)]
+    assert deliver(sent[1], b) is None  # held for #1
+    assert deliver(sent[2], b) is None  # held for #1
+    refused = b.receive(flamesdk_body("a", "a-x-1", n=9), at(0))
+    assert refused is not None and refused.key == "backlog full"
+    ready = b.receive(flamesdk_body("a", "a-x-2", category="ready_check"), at(0))
+    assert ready is None  # never queued, so never refused
+    assert deliver(sent[0], b) is None  # the missing one completes the run: no new room needed
+    assert numbers(take_all(b)) == [1, 2, 3]
+
+
+def test_the_backlog_is_bounded_in_bytes_too() -> None:
+    a, b = node("a"), bounded("b", max_backlog_bytes=1500)
+    first = send(a, blob="x" * 600)[1]
+    second = send(a, blob="y" * 600)[1]
+    assert deliver(first, b) is None
+    full = deliver(second, b)
+    assert full is not None and full.key == "backlog full"
+    assert b.take(None) is not None
+    assert deliver(second, b) is None
+
+
+def test_flamesdk_ids_are_remembered_in_a_bounded_window() -> None:
+    b = bounded("b", max_remembered_ids=2)
+    for n in range(3):
+        assert b.receive(flamesdk_body("c", f"c-{n}", n=n), at(0)) is None
+    assert b.receive(flamesdk_body("c", "c-2", n=2), at(0)) is None
+    assert b.stats["duplicates"] == 1  # c-2 is still remembered
+    assert b.receive(flamesdk_body("c", "c-0", n=0), at(0)) is None
+    assert b.stats["duplicates"] == 1  # c-0 was forgotten: only the newest two are kept
+    assert numbers(take_all(b)) == [0, 1, 2, 0]
+
+
+def test_a_forged_message_without_numbers_does_not_make_a_flame_async_peer_legacy() -> None:
+    a, b = node("a"), node("b")
+    request_id, request = send(b, ["a"], category="question", n=0)
+    deliver(request, a)
+    [ack] = acks(a)
+    assert b.receive(wire(ack), at(0)) is None  # a's ack says it keeps order
+    assert "a" in b.ordered_peers
+    b.receive(flamesdk_body("a", "a-forged", category="question", n=666), at(0))
+    assert "a" not in b.legacy_senders
+    match = b.reply_match(request_id)
+    assert [m for m in b.mailbox.peek() if match(m)] == []  # the forgery is no reply
+
+
+def test_acks_from_non_participants_are_ignored() -> None:
+    a = node("a")
+    _, post = send(a, n=1)
+    forged = {"meta": {**post.body["meta"], "akn_id": "intruder", "type": "incoming"}}
+    assert a.receive(orjson.dumps(forged), at(0)) is None
+    assert "intruder" not in a.heard_from
+    assert a.stats["foreign_acks"] == 1
+    assert not settled(a)
+
+
+def test_unreachable_services_end_waits_and_sends_but_queued_messages_still_go() -> None:
+    from flame_async.errors import PeerFailed, ServiceUnavailable
+
+    a, b = node("a"), node("b")
+    _, post = send(a, n=1)
+    deliver(post, b)
+    waiter = b.add_waiter(frozenset({"c"}), None)
+    pending, _ = send(b, ["a", "c"], n=2)
+    b.take_actions()
+    lost = ServiceUnavailable("gone", service="gateway", method="GET", url="/healthz")
+    b.services_unreachable(lost, at(1))
+    actions = b.take_actions()
+    assert waiter in of_type(actions, Wake)[0].waiter_ids
+    [done] = of_type(actions, Settled)
+    assert done.report.message_id == pending and done.report.missing == ("a", "c")
+    assert "could not be reached" in done.report.reasons["a"]
+    assert numbers(take_all(b)) == [1]  # what was queued is still handed over
+    with pytest.raises(ServiceUnavailable):
+        b.mailbox.check_closed(frozenset({"c"}))
+    with pytest.raises(ServiceUnavailable):
+        b.mailbox.drop_ended({"c"})
+    b.services_unreachable(None, at(2))  # reachable again: waits work as before
+    b.mailbox.check_closed(frozenset({"c"}))
+    with pytest.raises(PeerFailed):
+        b.peer_ended("c", "failed")
+        b.mailbox.check_closed(frozenset({"c"}))
+
+
+# -- large messages: a reference in the broker, the payload in storage -------------------------
+
+
+def stored_send(sender: NodeProtocol, n: int, size: int = 5_000_000) -> Post:
+    from flame_async._protocol import stored_data
+
+    ids = {"b": f"obj-{n}?remote_node_id={sender.node_id}"}
+    sender.send(["b"], "data", stored_data(ids, size), now=at(0), timeout=30)
+    [post] = posts(sender, PostKind.MESSAGE)
+    return post
+
+
+def test_a_reference_is_fetched_unseen_and_later_messages_wait_behind_it() -> None:
+    a, b = node("a"), node("b")
+    waiter = b.add_waiter(frozenset({"a"}), None)
+    deliver(stored_send(a, 1), b)
+    [fetch] = of_type(b.take_actions(), Fetch)
+    assert (fetch.result_id, fetch.size) == ("obj-1?remote_node_id=a", 5_000_000)
+    deliver(send(a, n=2)[1], b)
+    assert not of_type(b.take_actions(), Wake)  # nothing to see yet: #2 waits behind #1
+    assert b.take(None) is None and b.mailbox.peek() == []
+    b.fetched(fetch.message, {"n": 1}, size=5_000_000)
+    [wake] = of_type(b.take_actions(), Wake)
+    assert waiter in wake.waiter_ids
+    assert b.mailbox.backlog("a") == (2, 5_000_000 + len(wire(send(node("a"), n=2)[1])))
+    assert numbers(take_all(b)) == [1, 2]
+    assert b.mailbox.backlog("a") == (0, 0)
+
+
+def test_an_unreadable_payload_raises_at_the_senders_next_take_then_the_rest_goes() -> None:
+    a, b = node("a"), node("b")
+    deliver(stored_send(a, 1), b)
+    [fetch] = of_type(b.take_actions(), Fetch)
+    deliver(send(a, n=2)[1], b)
+    b.fetched(fetch.message, error=LookupError("gone"))
+    with pytest.raises(LookupError, match="gone"):
+        b.take(["a"], lambda m: m.category == "other")  # the error is news for any wait on a
+    assert numbers(take_all(b)) == [2]
+
+
+def test_a_fetched_request_goes_to_its_handler() -> None:
+    a, b = node("a"), node("b")
+    b.add_handler("data")
+    deliver(stored_send(a, 1), b)
+    [fetch] = of_type(b.take_actions(), Fetch)
+    b.fetched(fetch.message, {"n": 1}, size=10)
+    [run] = of_type(b.take_actions(), RunHandler)
+    assert run.message.data == {"n": 1}
+    assert b.mailbox.backlog("a") == (0, 0)
+
+
+def test_a_reference_from_a_flamesdk_sender_is_plain_data() -> None:
+    b = node("b")
+    body = flamesdk_body("c", "c-1", _flame_async_stored={"ids": {"b": "x"}, "size": 1})
+    assert b.receive(body, at(0)) is None
+    assert [type(x).__name__ for x in b.take_actions()] == ["AcksPending"]
+    [message] = take_all(b)
+    assert "_flame_async_stored" in message.data

@@ -77,3 +77,13 @@ def test_log_handler_never_blocks_and_drops_oldest_when_full() -> None:
     finally:
         logger.removeHandler(handler)
     assert status.dropped == 2
+
+
+def test_a_huge_log_line_is_cut_so_its_status_still_ships() -> None:
+    from flame_async.status import MAX_LOG_CHARS
+
+    service = StatusService()
+    service.enqueue("x" * (MAX_LOG_CHARS * 3), "info")
+    text = service._queue[-1][0]
+    assert len(text) < MAX_LOG_CHARS + 100
+    assert text.endswith(f"[… cut: {MAX_LOG_CHARS * 3:,} characters in all]")

@@ -29,7 +29,7 @@ from flame_async import (
     TransportError,
 )
 from flame_async._jwt import TokenStore
-from flame_async._transport import AiohttpTransport, GatewayClient
+from flame_async._transport import AiohttpTransport, GatewayClient, Request
 
 
 @dataclass
@@ -168,3 +168,11 @@ async def test_a_body_cut_off_midway_raises_incomplete_response() -> None:
                             pass
             assert info.value.service == "storage"
             assert isinstance(info.value, TransportError)
+
+
+def test_a_request_never_shows_its_headers_in_its_repr() -> None:
+    request = Request("GET", "/kong/x", headers={"authorization": "Bearer SECRET", "apikey": "KEY"})
+    assert "SECRET" not in repr(request) and "KEY" not in repr(request)
+    assert "GET /kong/x" in repr(request)
+    unicode_digits = Request("POST", "/webhook", headers={"content-length": "²"}, body=None)
+    assert unicode_digits.content_length is None
