@@ -156,7 +156,10 @@ def build_run_record(
     * ``nodes[].consequential``: ``true`` for a node that failed only because a peer it waited
       on had failed (``PeerFailed``);
     * ``nodes[].blocked``: one line per time the node's event loop was blocked beyond the
-      watchdog's threshold, with where (empty when it never was).
+      watchdog's threshold, with where (empty when it never was);
+
+    and, in chaos mode, ``faults``: the spec (with its seed, to replay the run) and how many
+    faults of each kind were injected (None without chaos mode).
     """
     messages: list[dict[str, Any]] = []
     seen: set[tuple[str | None, str, str | None]] = set()
@@ -260,6 +263,7 @@ def build_run_record(
         "ok": not timed_out and all(o.status == "executed" for o in outcomes),
         "timed_out": timed_out,
         "stop_reason": stop_reason,
+        "faults": platform.faults.record() if platform.faults is not None else None,
         "dropped_to_running": dropped - dropped_to_ended,
         "dropped_to_ended": dropped_to_ended,
         "nodes": nodes,

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import anyio
 
@@ -17,7 +17,8 @@ from ._failures import Failure, nodes_label
 from ._failures import group as group_failures
 from ._live import LiveView
 from ._version import __version__
-from .errors import FlameError
+from .errors import FlameError, InvalidArgument
+from .local import Faults
 from .runner import NodeOutcome, RunResult, run_script
 
 __all__ = ["main"]
@@ -43,6 +44,20 @@ def _seconds(value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
     return seconds
+
+
+def _faults(value: str) -> Faults:
+    try:
+        return Faults.parse(value)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_FAULTS_HELP = (
+    "chaos mode: inject faults, e.g. 'drop=0.1,dup=0.1,delay=0-50ms,5xx=0.05,"
+    "broker-restart=5s,seed=42' (see docs/concepts/faults.md); the spec with its seed goes "
+    "into run.json, to replay a run"
+)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -99,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="http: real HTTP on 127.0.0.1, the faithful one; memory: the same services called "
         "in one event loop, no sockets (fast with many nodes; --mode inprocess only)",
     )
+    run.add_argument("--faults", type=_faults, metavar="SPEC", help=_FAULTS_HELP)
     run.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
     platform = sub.add_parser(
@@ -113,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=0, help="shared Host-routed port (0: any free one)"
     )
     platform.add_argument("--out", type=Path, default=None, help="output folder")
+    platform.add_argument("--faults", type=_faults, metavar="SPEC", help=_FAULTS_HELP)
 
     init = sub.add_parser("init", help="scaffold an analysis project in a new folder NAME")
     init.add_argument("name", type=Path, help="folder to create")
@@ -138,6 +155,7 @@ def _summary(result: RunResult) -> None:
     else:
         counts = Counter(o.status for o in outcomes)
         print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    _print_chaos(result.record.get("faults"))
     if result.stop_reason:
         print(f"\nthe run was stopped: {result.stop_reason}")
     for o in outcomes:
@@ -156,6 +174,13 @@ def _summary(result: RunResult) -> None:
     same = ((o.node_id, Failure(o.error_type, o.error_message, "", "")) for o in others)
     for failures in group_failures(same):
         print(f"\n--- {failures.who()} failed in consequence: {failures.failure.message}")
+
+
+def _print_chaos(record: dict[str, Any] | None) -> None:
+    """What chaos mode injected, and the spec that replays the run."""
+    if record is not None:
+        injected = ", ".join(f"{kind} {n}" for kind, n in record["injected"].items()) or "nothing"
+        print(f"\nchaos mode: {record['spec']}\n  injected: {injected}")
 
 
 def _group_waits(outcomes: list[NodeOutcome]) -> list[str]:
@@ -193,6 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
             observer=view,
             force=args.force,
             on_start=started,
+            faults=args.faults,
         )
     finally:
         view.close()
@@ -209,7 +235,9 @@ async def _run(args: argparse.Namespace) -> int:
 async def _platform(args: argparse.Namespace) -> int:
     from .local import LocalPlatform
 
-    options = {"data_dir": args.data} if args.data else {}
+    options: dict[str, Any] = {"data_dir": args.data} if args.data else {}
+    if args.faults is not None:
+        options["faults"] = args.faults
     async with LocalPlatform(
         args.nodes,
         aggregator=args.aggregator,
@@ -220,6 +248,8 @@ async def _platform(args: argparse.Namespace) -> int:
     ) as platform:
         print(f"local FLAME platform for analysis {platform.analysis_id}")
         print(f"shared gateway (Host-routed, usable as HTTP_PROXY): {platform.shared_url}")
+        if platform.faults is not None:
+            print(f"chaos mode: {platform.faults.faults.spec()}")
         for node in platform.nodes:
             print(f"\n# node {node.node_id} ({node.role}); gateway {node.gateway_url}")
             for key, value in sorted(node.env.items()):

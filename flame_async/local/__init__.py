@@ -15,6 +15,7 @@ Run N copies of an analysis against it, in one process or one per node::
 
 from ._core import NodeUnreachable
 from ._data import DataFolderError
+from ._faults import ApiOutage, FaultPlan, Faults
 from ._memory import MemoryTransport
 from ._node import LocalNode, NodeRole
 from ._platform import LocalPlatform, PlatformStateError, TransportKind
@@ -22,9 +23,12 @@ from ._records import DeliveryEvent, DeliveryOutcome, LogRecord
 from ._tokens import InvalidToken
 
 __all__ = [
+    "ApiOutage",
     "DataFolderError",
     "DeliveryEvent",
     "DeliveryOutcome",
+    "FaultPlan",
+    "Faults",
     "InvalidToken",
     "LocalNode",
     "LocalPlatform",

@@ -63,6 +63,7 @@ from .._wire import (
 from ..config import FlameConfig
 from ..errors import InvalidArgument
 from ._core import NodeUnreachable, PlatformCore
+from ._faults import WebhookFault
 from ._http import (
     Call,
     Route,
@@ -125,6 +126,8 @@ class _Outgoing:
     message_id: str | None
     payload: bytes
     sent: float
+    identity: tuple[object, ...] = ()
+    """What the message is, stable across runs (chaos mode seeds its fate with it)."""
 
 
 class BrokerError(InvalidArgument):
@@ -192,6 +195,7 @@ class BrokerService:
         self._multiplier = multiplier
         self._jitter = jitter
         self.events: deque[DeliveryEvent] = deque(maxlen=max_events)
+        self._in_flight: set[anyio.CancelScope] = set()
         self._subscriptions: dict[str, dict[str, _Subscription]] = {n: {} for n in core.nodes}
         self._participants = (
             WireParticipants(
@@ -209,9 +213,18 @@ class BrokerService:
         core = self._core
 
         def authed(handler: Any) -> Any:
-            return require_bearer(
+            checked = require_bearer(
                 api.known_analysis(handler), core.issuer, core.analysis_id, node_id=node.node_id
             )
+
+            async def running(call: Call) -> Response:
+                if self.restarting:
+                    return detail_response(
+                        503, "the message broker is restarting (chaos mode); try again shortly"
+                    )
+                return await checked(call)
+
+            return running
 
         base = "/message-broker/analyses/{analysis_id}"
         return [
@@ -323,11 +336,14 @@ class BrokerService:
         """
         meta = message.get("meta") if isinstance(message, dict) else None
         category = message_id = None
+        identity: tuple[object, ...] = ()
         if isinstance(meta, dict):
             if isinstance(value := meta.get("category"), str):
                 category = value
             if isinstance(value := meta.get("id"), str):
                 message_id = value
+            kind = "ack" if meta.get("akn_id") else "message"
+            identity = (sender, category, meta.get("number"), kind)
         try:
             payload = orjson.dumps(message)
         except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes (254)
@@ -346,10 +362,9 @@ class BrokerService:
                 f"(at most {self._max_pending_bytes}); try again once deliveries caught up",
                 status=503,
             )
-        outgoing = _Outgoing(sender, category, message_id, payload, time.monotonic())
-        pending = _Pending(copies)
-        if copies:
-            self._pending_bytes += len(payload)
+        outgoing = _Outgoing(sender, category, message_id, payload, time.monotonic(), identity)
+        plan = self._core.faults
+        deliveries: list[tuple[str, _Subscription, float]] = []
         for recipient in recipients:
             subscriptions = self._subscriptions[recipient]
             if not subscriptions:
@@ -364,7 +379,15 @@ class BrokerService:
                 )
                 continue
             for subscription in subscriptions.values():
-                self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending)
+                delays = [0.0] if plan is None else plan.copies(recipient, identity)
+                if not delays:
+                    self._drop(outgoing, recipient, subscription, 0, None, "lost (chaos mode)")
+                deliveries.extend((recipient, subscription, delay) for delay in delays)
+        pending = _Pending(len(deliveries))
+        if deliveries:
+            self._pending_bytes += len(payload)
+        for recipient, subscription, delay in deliveries:
+            self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending, delay)
 
     async def _deliver_held(
         self,
@@ -372,14 +395,34 @@ class BrokerService:
         recipient: str,
         subscription: _Subscription,
         pending: _Pending,
+        delay: float = 0.0,
     ) -> None:
-        """:meth:`_deliver`, then release the payload's bytes once its last copy is done."""
+        """:meth:`_deliver` (after ``delay`` seconds), then release the payload's bytes once
+        its last copy is done. A broker restart (chaos mode) cancels it: the copy is lost."""
         try:
-            await self._deliver(outgoing, recipient, subscription)
+            with anyio.CancelScope() as scope:
+                self._in_flight.add(scope)
+                if delay:
+                    await anyio.sleep(delay)
+                await self._deliver(outgoing, recipient, subscription)
+            if scope.cancelled_caught:
+                self._drop(outgoing, recipient, subscription, 0, None, "lost in a broker restart")
         finally:
+            self._in_flight.discard(scope)
             pending.copies -= 1
             if not pending.copies:
                 self._pending_bytes -= len(outgoing.payload)
+
+    def restart(self) -> None:
+        """Restart (chaos mode): every delivery in flight is lost; subscriptions stay."""
+        for scope in list(self._in_flight):
+            scope.cancel()
+
+    @property
+    def restarting(self) -> bool:
+        """True while a broker restart of chaos mode lasts (the broker answers 503)."""
+        plan = self._core.faults
+        return plan is not None and plan.broker_down(time.monotonic())
 
     async def _post_copy(self, target: URL | _NodeApi, payload: bytes) -> int:
         """POST one copy; the answer's status.
@@ -412,6 +455,23 @@ class BrokerService:
             await answer.read()
             return answer.status
 
+    async def _attempt(
+        self, target: URL | _NodeApi, payload: bytes, fault: WebhookFault | None
+    ) -> int:
+        """One webhook attempt, with chaos mode's ``fault`` for it; the answer's status.
+
+        Raises:
+            NodeUnreachable: As :meth:`_post_copy`; or the copy went out and the connection
+                was reset before the answer (``reset-after``: the node has it, the broker
+                does not know).
+        """
+        if fault == "5xx":
+            return 503  # as a proxy on the way answers
+        status = await self._post_copy(target, payload)
+        if fault == "reset-after":
+            raise NodeUnreachable("the connection was reset after the copy went out (chaos mode)")
+        return status
+
     async def _deliver(
         self, outgoing: _Outgoing, recipient: str, subscription: _Subscription
     ) -> None:
@@ -420,11 +480,13 @@ class BrokerService:
         Cancellation: stops the delivery where it is; no event is recorded.
         """
         attempts = 0
+        plan = self._core.faults
         while True:
             attempts += 1
             status: int | None = None
+            fault = None if plan is None else plan.webhook(recipient, outgoing.identity, attempts)
             try:
-                status = await self._post_copy(subscription.target, outgoing.payload)
+                status = await self._attempt(subscription.target, outgoing.payload, fault)
             except (NodeUnreachable, aiohttp.ClientError, TimeoutError) as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception:  # task supervisor: a bug here must not stop the platform

@@ -13,6 +13,7 @@ or, for a node on the in-memory transport, by calling its handler directly: serv
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any, Final, TypeVarTuple
@@ -24,6 +25,7 @@ from yarl import URL
 
 from .._transport import Handler, Request, Response, aiohttp_data
 from .._wire import BlockReport
+from ._faults import FaultPlan
 from ._node import LocalNode
 from ._tokens import TokenIssuer
 
@@ -84,6 +86,7 @@ class PlatformCore:
         issuer: Mints and verifies the nodes' tokens.
         session: The platform's one HTTP client session (deliveries, PO calls, proxying).
         task_group: Where background work runs; cancelled when the platform exits.
+        faults: Chaos mode's dice, when faults are injected.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class PlatformCore:
         issuer: TokenIssuer,
         session: aiohttp.ClientSession,
         task_group: TaskGroup,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.analysis_id = analysis_id
         self.project_id = project_id
@@ -104,6 +108,8 @@ class PlatformCore:
         self.issuer = issuer
         self.session = session
         self._task_group = task_group
+        self.faults = faults
+        """Chaos mode's dice and counts (None: no faults are injected)."""
         self.blocked: dict[str, BlockReport] = {}
         """The last blocked-loop report of each node (nodes in other processes send them)."""
         self.closed = False
@@ -180,9 +186,12 @@ class PlatformCore:
         """Send ``request`` to ``node_id``'s API; the answer is open inside the block.
 
         Raises:
-            NodeUnreachable: The API is not known yet, or the connection failed.
+            NodeUnreachable: The API is not known yet, or the connection failed (or chaos mode
+                has taken it off the network for now).
             TimeoutError: No answer within ``timeout`` seconds.
         """
+        if self.faults is not None and self.faults.api_down(node_id, time.monotonic()):
+            raise NodeUnreachable(f"the API of {node_id} is off the network (chaos mode)")
         handler = self._api_handlers.get(node_id)
         if handler is not None:
             with anyio.fail_after(timeout) if timeout is not None else nullcontext():

@@ -25,7 +25,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .._transport import Handler, Request, Response, aiohttp_app
+from .._transport import ConnectionDropped, Handler, Request, Response, aiohttp_app
+from ._faults import FaultPlan
 from ._http import Call, Route, RouteTable, detail_response
 from ._node import LocalNode
 from ._service import NodeService
@@ -38,6 +39,10 @@ NGINX_PREFIXES: Final = ("/storage", "/hub-adapter", "/kong")
 """Prefixes the real nginx forwards that answer 501 unless a service serves them."""
 
 _SHUTDOWN_TIMEOUT: Final = 1.0
+_SERVICE_PREFIXES: Final = ("/message-broker/analyses", "/storage", "/po", "/hub-adapter", "/kong")
+"""Requests chaos mode may hurt: the node services (not health checks or the node API)."""
+_ID_LENGTH: Final = 20
+"""Path segments this long are ids (UUIDs, object ids): routes leave them out."""
 
 
 class Gateway:
@@ -46,10 +51,16 @@ class Gateway:
     Args:
         node: The node the gateway belongs to.
         services: The platform's services; each adds its routes.
+        faults: Chaos mode: service requests (not ``/healthz``, the node API ingress or the
+            platform's own routes) may be answered 502/503 unserved, or lose their
+            connection before or after they are served.
     """
 
-    def __init__(self, node: LocalNode, services: Iterable[NodeService]) -> None:
+    def __init__(
+        self, node: LocalNode, services: Iterable[NodeService], faults: FaultPlan | None = None
+    ) -> None:
         self.node = node
+        self._faults = faults
         table = RouteTable([Route("GET", "/healthz", _healthz)])
         claimed: set[str] = set()
         for service in services:
@@ -62,7 +73,26 @@ class Gateway:
         self._table = table
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request to this node's gateway (never raises but for cancellation)."""
+        """Answer one request to this node's gateway.
+
+        Raises:
+            ConnectionDropped: Only in chaos mode: the connection is lost (the transport
+                closes it without an answer).
+        """
+        fault = None
+        if self._faults is not None and request.path.startswith(_SERVICE_PREFIXES):
+            fault = self._faults.service(self.node.node_id, request.method, _route(request.path))
+        if fault in ("502", "503"):
+            return detail_response(int(fault), "injected by the local platform's chaos mode")
+        if fault == "reset-before":
+            raise ConnectionDropped
+        response = await self._answer(request)
+        if fault == "reset-after":  # served, but the client never hears of it
+            await response.aclose()
+            raise ConnectionDropped
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             return await self._table.dispatch(Call(request, self.node))
         except HttpProcessingError as exc:  # what the client sent cannot be parsed
@@ -114,6 +144,11 @@ async def serve(handler: Handler, sock: socket.socket, stack: AsyncExitStack) ->
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     await web.SockSite(runner, sock).start()
+
+
+def _route(path: str) -> str:
+    """A request path without its ids (long segments), for chaos mode's dice."""
+    return "/".join(part if len(part) < _ID_LENGTH else "*" for part in path.split("/"))
 
 
 async def _healthz(call: Call) -> Response:

@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -31,6 +32,7 @@ from ..errors import FlameError, InvalidArgument
 from ._broker import DEFAULT_MAX_MESSAGE_BYTES, BrokerService
 from ._core import PlatformCore
 from ._data import DataService, NodeData, load_data_folder
+from ._faults import FaultPlan, Faults
 from ._gateway import Gateway, bind_socket, serve, shared_handler
 from ._http import (
     Call,
@@ -185,8 +187,11 @@ class LocalPlatform:
             JSON: the whole webhook body). The default is what a node API takes by default
             (:attr:`FlameConfig.max_api_body_bytes <flame_async.config.FlameConfig>`, 16 MiB),
             so a message too large for the receiver is refused at send time (413), not
-            dropped at delivery. With another value, give the nodes the same
-            ``max_api_body_bytes`` (``node.config(max_api_body_bytes=...)``).
+            dropped at delivery. The nodes get the same limit
+            (``FLAME_MAX_API_BODY_BYTES`` in their environment).
+        faults: Chaos mode: the faults to inject (dropped, duplicated, delayed and reordered
+            deliveries, 5xx and resets, broker restarts, node APIs off the network, short-lived
+            tokens), seeded; see :class:`~flame_async.local.Faults`. None: none.
 
     Every node service takes a token only on its own node's gateway (on its own port and
     behind the shared port alike): another node's token is answered 403 with the reason, so
@@ -215,6 +220,7 @@ class LocalPlatform:
         state_dir: Path | None = None,
         transport: TransportKind = "http",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        faults: Faults | None = None,
     ) -> None:
         if transport not in ("http", "memory"):
             raise InvalidArgument(f"transport must be 'http' or 'memory', got {transport!r}")
@@ -227,6 +233,7 @@ class LocalPlatform:
                 f"max_message_bytes must be a positive number of bytes, got {max_message_bytes!r}"
             )
         self._max_message_bytes = max_message_bytes
+        self._faults = faults
         self.transport: TransportKind = transport
         self._node_ids = _node_ids(nodes)
         if aggregator is None:
@@ -247,6 +254,10 @@ class LocalPlatform:
         ):
             if not value >= 0:
                 raise InvalidArgument(f"{name} must not be negative, got {value}")
+        if faults is not None:
+            faults.check_nodes(self._node_ids)
+            if faults.token_lifetime is not None:
+                token_lifetime = faults.token_lifetime
         self._host = host
         self._shared_port = shared_port or 0
         self._po_interval = float(po_interval)
@@ -351,6 +362,7 @@ class LocalPlatform:
             self._make_node(node_id, issuer, port if over_http else None)
             for node_id, port in zip(self._node_ids, gateway_ports, strict=True)
         )
+        plan = None if self._faults is None else FaultPlan(self._faults, time.monotonic())
         core = PlatformCore(
             analysis_id=self._analysis_id,
             project_id=self._project_id,
@@ -359,6 +371,7 @@ class LocalPlatform:
             issuer=issuer,
             session=session,
             task_group=task_group,
+            faults=plan,
         )
         broker = BrokerService(
             core,
@@ -380,7 +393,7 @@ class LocalPlatform:
             DataService(core, data),
             _PlatformAdmin(core),
         ]
-        gateways = {node.node_id: Gateway(node, services) for node in nodes}
+        gateways = {node.node_id: Gateway(node, services, plan) for node in nodes}
         core.gateways.update((node_id, g.handle) for node_id, g in gateways.items())
         shared_url: str | None = None
         if shared_socket is not None:
@@ -391,6 +404,9 @@ class LocalPlatform:
 
         for node in nodes:
             task_group.start_soon(po.watch, node, name=f"PO status loop of {node.node_id}")
+        if plan is not None and plan.faults.broker_restarts:
+            task_group.start_soon(_restart_broker, broker, plan, name="chaos: broker restarts")
+            logger.info("chaos mode: %s", plan.faults.spec())
         logger.debug(
             "local platform for analysis %s up (%s): %s, shared %s",
             self._analysis_id,
@@ -418,6 +434,7 @@ class LocalPlatform:
             "FLAME_API_HOST": self._host,
             "FLAME_API_PORT": "0",
             "FLAME_ANNOUNCE_API": "1",
+            "FLAME_MAX_API_BODY_BYTES": str(self._max_message_bytes),
             "FLAME_PARTNER_STATUS_GRACE": repr(self._partner_status_grace),
         }
         return LocalNode(
@@ -656,6 +673,24 @@ class LocalPlatform:
         """
         return self._run.storage.final_results(node_id)
 
+    @property
+    def faults(self) -> FaultPlan | None:
+        """Chaos mode's plan (its faults and what it injected so far), or None.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+        """
+        return self._run.core.faults
+
+    def token_refreshes(self, node_id: str) -> int:
+        """How often the pod orchestrator refreshed ``node_id``'s token.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            KeyError: There is no such node.
+        """
+        return self._run.po.token_refreshes(node_id)
+
     def token(self, node_id: str) -> str:
         """The node's current token: the one in its env, or the last refresh the PO sent.
 
@@ -664,6 +699,15 @@ class LocalPlatform:
             KeyError: There is no such node.
         """
         return self._run.po.token(node_id)
+
+
+async def _restart_broker(broker: BrokerService, plan: FaultPlan) -> None:
+    """Restart the broker at each time chaos mode scheduled (in-flight deliveries are lost)."""
+    for at in plan.faults.broker_restarts:
+        await anyio.sleep(max(0.0, plan.started + at - time.monotonic()))
+        plan.injected["broker-restart"] += 1
+        logger.info("chaos mode: the message broker restarts")
+        broker.restart()
 
 
 def _node_ids(nodes: int | Sequence[str]) -> tuple[str, ...]:

@@ -144,6 +144,10 @@ class PodOrchestrator:
         """The status the node's ``/healthz`` last answered, ``"unreachable"``, or ``None``."""
         return self._states[node_id].health
 
+    def token_refreshes(self, node_id: str) -> int:
+        """How often the node's token was refreshed (``/token_refresh`` accepted it)."""
+        return self._states[node_id].token_refreshes
+
     def token(self, node_id: str) -> str:
         """The node's current token (the last one sent to ``/token_refresh``)."""
         return self._states[node_id].token

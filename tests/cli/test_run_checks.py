@@ -326,3 +326,38 @@ def test_a_blocked_event_loop_is_named_with_its_line(tmp_path: Path, mode: str) 
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     [node] = [n for n in record["nodes"] if n["node_id"] == "node-1"]
     assert any("blocker.py:14 (in main)" in b for b in node["blocked"]), node
+
+
+# -- chaos mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("drop=2", "not a share between 0 and 1"), ("explode=1", "unknown key 'explode'")],
+)
+def test_a_bad_faults_spec_is_refused(tmp_path: Path, spec: str, expected: str) -> None:
+    (tmp_path / "analysis.py").write_text(GOOD)
+    done = flame_async("run", "analysis.py", "--faults", spec, cwd=tmp_path)
+    assert_refused(done, "--faults", expected)
+
+
+def test_a_run_under_faults_says_what_it_injected_and_records_the_spec(tmp_path: Path) -> None:
+    spec = "drop=0.1,dup=0.3,delay=0-20ms,webhook-5xx=0.2,seed=13"
+    done = flame_async(
+        "run",
+        str(EXAMPLE),
+        "--data",
+        str(DATA),
+        "--faults",
+        spec,
+        "--plain",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["faults"]["spec"] == "seed=13,drop=0.1,dup=0.3,webhook-5xx=0.2,delay=0s-20ms"
+    assert sum(record["faults"]["injected"].values()) > 0
+    assert f"chaos mode: {record['faults']['spec']}" in done.stdout
+    assert "injected: " in done.stdout
