@@ -91,3 +91,48 @@ async def test_fifty_star_rounds_are_exact_under_chaos(transport: str) -> None:
         assert injected.get(kind, 0) > 0, (kind, injected)
     assert any(k.startswith("service-") for k in injected), injected
     assert refreshes >= NODES, "every node's token was refreshed mid-run"
+
+
+MESSAGES = 30
+ROUGH = "reorder=0.2,delay=0-20ms,webhook-reset=0.1,reset=0.05,api-down=node-2@300ms+1s,seed=5"
+
+
+@pytest.mark.timeout(240)
+async def test_all_to_all_in_order_under_resets_reordering_and_an_api_outage(
+    transport: str,
+) -> None:
+    faults = Faults.parse(ROUGH)
+    received: dict[str, list[tuple[str, int]]] = {}
+    async with running(3, transport=transport, faults=faults) as (platform, flames):
+
+        async def node(flame: FlameSDK) -> None:
+            peers = flame.get_participant_ids()
+
+            async def send_all() -> None:
+                for n in range(MESSAGES):
+                    report = await flame.send_message(peers, {"n": n}, category="n", timeout=60)
+                    assert report.ok, report
+
+            async def receive_all() -> None:
+                got = received.setdefault(flame.node_id, [])
+                for _ in range(MESSAGES * len(peers)):
+                    message = await flame.await_message(category="n", timeout=60)
+                    got.append((message.sender, message.data["n"]))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)
+                tg.start_soon(receive_all)
+
+        with anyio.fail_after(200):
+            async with anyio.create_task_group() as tg:
+                for flame in flames:
+                    tg.start_soon(node, flame)
+        injected = dict(platform.faults.injected) if platform.faults else {}
+
+    for name, got in received.items():
+        for sender in {s for s, _ in got}:
+            numbers = [n for s, n in got if s == sender]
+            assert numbers == list(range(MESSAGES)), (name, sender, faults.spec())
+    for kind in ("reorder", "webhook-reset", "api-down"):
+        assert injected.get(kind, 0) > 0, (kind, injected)
+    assert injected.get("service-reset-before", 0) + injected.get("service-reset-after", 0)
