@@ -30,7 +30,45 @@ from flame_async._transport import Handler, Request, Response, Transport
 FAULTS = ("500", "503", "reset-before", "reset-after")
 
 
-class FaultyTransport:
+def unreachable(request: Request, why: str) -> ServiceUnavailable:
+    """The error a transport raises when ``request`` cannot reach its service (``why``)."""
+    return ServiceUnavailable(
+        f"cannot reach {request.service}: {why}",
+        service=request.service,
+        method=request.method,
+        url=request.path,
+    )
+
+
+class WrappedTransport:
+    """A node's transport with something in front: entering, leaving and serving go to
+    ``inner``; subclasses change :meth:`open` (by default it only passes requests on)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    async def __aenter__(self) -> Self:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def open(self, request: Request) -> AsyncIterator[Response]:
+        async with self.inner.open(request) as response:
+            yield response
+
+    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
+        await self.inner.serve(handler, task_status=task_status)
+
+
+class FaultyTransport(WrappedTransport):
     """A transport that hurts a share of the requests ``hurt`` selects.
 
     Args:
@@ -50,32 +88,12 @@ class FaultyTransport:
         max_delay: float = 0.02,
         hurt: Callable[[Request], bool] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.rng = rng
         self.rate = rate
         self.max_delay = max_delay
         self.hurt = hurt or (lambda r: r.method == "POST" and r.path.endswith("/messages"))
         self.injected: Counter[str] = Counter()
-
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
-
-    def _reset(self, request: Request) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            f"cannot reach {request.service}: connection reset (injected)",
-            service=request.service,
-            method=request.method,
-            url=request.path,
-        )
 
     @asynccontextmanager
     async def open(self, request: Request) -> AsyncIterator[Response]:
@@ -93,15 +111,12 @@ class FaultyTransport:
             yield Response(int(fault), b'{"detail": "injected"}')
             return
         if fault == "reset-before":
-            raise self._reset(request)
+            raise unreachable(request, "connection reset (injected)")
         async with self.inner.open(request) as response:
             await response.read()
             if fault == "reset-after":  # the broker took it; the sender never hears so
-                raise self._reset(request)
+                raise unreachable(request, "connection reset (injected)")
             yield Response(response.status, b"", headers=response.headers)
-
-    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
-        await self.inner.serve(handler, task_status=task_status)
 
 
 class CuttingProxy:
@@ -180,7 +195,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         pass
 
 
-class TokenTap:
+class TokenTap(WrappedTransport):
     """A transport that sees the bearer token of every request a node sends.
 
     It records ``(method, path, token)`` per request, can present another token instead of the
@@ -193,23 +208,11 @@ class TokenTap:
     """
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seen: list[tuple[str, str, str]] = []
         self.forge: str | None = None
         self.check_down = False
         self.check_status: int | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
 
     def tokens_on(self, suffix: str) -> list[str]:
         """The tokens sent with requests whose path ends with ``suffix``, in order."""
@@ -223,17 +226,9 @@ class TokenTap:
             request.headers = {**request.headers, "authorization": f"Bearer {self.forge}"}
         if request.path.endswith("/participants/self"):
             if self.check_down:
-                raise ServiceUnavailable(
-                    f"cannot reach {request.service}: connection refused (injected)",
-                    service=request.service,
-                    method=request.method,
-                    url=request.path,
-                )
+                raise unreachable(request, "connection refused (injected)")
             if self.check_status is not None:
                 yield Response(self.check_status, b'{"detail": "injected"}')
                 return
         async with self.inner.open(request) as response:
             yield response
-
-    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
-        await self.inner.serve(handler, task_status=task_status)

@@ -15,54 +15,32 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
 import pytest
-from anyio.abc import TaskStatus
 
 from flame_async import ServiceUnavailable
-from flame_async._transport import Handler, Request, Response, Transport
+from flame_async._transport import Request, Response, Transport
 from flame_async.local import LocalNode
 
 from .conftest import running
+from .faults import WrappedTransport, unreachable
 
 
-class Cuttable:
+class Cuttable(WrappedTransport):
     """A node's transport whose line to the gateway can be cut (as a dead platform cuts it);
     its own API keeps serving."""
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cut = False
-
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
 
     @asynccontextmanager
     async def open(self, request: Request) -> AsyncIterator[Response]:
         if self.cut:
-            raise ServiceUnavailable(
-                f"cannot reach {request.service}: connection refused",
-                service=request.service,
-                method=request.method,
-                url=request.path,
-            )
+            raise unreachable(request, "connection refused")
         async with self.inner.open(request) as response:
             yield response
-
-    async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
-        await self.inner.serve(handler, task_status=task_status)
 
 
 async def test_waits_and_sends_end_once_the_gateway_is_gone_and_work_when_it_is_back(
