@@ -9,7 +9,8 @@ that a message can be acknowledged verbatim).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import orjson
@@ -111,6 +112,10 @@ class StreamInfo(BaseModel):
     ``seq`` numbers the messages of one sender to each receiver from 1; ``floor`` tells each
     receiver that every lower number has been settled by the sender (acknowledged or given up),
     so a gap below it will never be filled. ``epoch`` changes when the sender restarts.
+
+    Both maps may hold the key ``"*"``: the value for every receiver the map does not name.
+    A fan-out to many receivers whose numbers agree (a star round) carries one entry, not one
+    per receiver, so each copy stays the same size however many nodes take part.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -118,6 +123,33 @@ class StreamInfo(BaseModel):
     epoch: StrictStr
     seq: dict[str, StrictInt] = Field(default_factory=dict)
     floor: dict[str, StrictInt] = Field(default_factory=dict)
+
+    def seq_for(self, node_id: str) -> int | None:
+        """The number of this message to ``node_id`` (None: not numbered for it)."""
+        seq = self.seq
+        return seq.get(node_id, seq.get(EVERY_RECEIVER))
+
+    def floor_for(self, node_id: str) -> int | None:
+        """The sender's floor to ``node_id`` (None: not told)."""
+        floor = self.floor
+        return floor.get(node_id, floor.get(EVERY_RECEIVER))
+
+
+EVERY_RECEIVER: Final = "*"
+"""The key of a ``stream`` map's value for every receiver it does not name."""
+
+
+def compact_numbers(numbers: Mapping[str, int]) -> dict[str, int]:
+    """``numbers`` (per receiver) as a ``stream`` map: the most common value under ``"*"`` and
+    only the receivers whose number differs by name. One receiver keeps its name."""
+    if len(numbers) < 2:
+        return dict(numbers)
+    common, count = Counter(numbers.values()).most_common(1)[0]
+    if count == 1:
+        return dict(numbers)
+    compact = {EVERY_RECEIVER: common}
+    compact.update((r, n) for r, n in numbers.items() if n != common)
+    return compact
 
 
 class WireMeta(BaseModel):

@@ -46,7 +46,8 @@ from ._protocol import (
     new_epoch,
     stored_data,
 )
-from ._transport import GatewayClient
+from ._roster import Peers, Roster, cached_roster, remember_roster
+from ._transport import GatewayClient, parse_answer
 from ._wire import SendRequest, Subscription, SubscriptionRequest, WireParticipant, WireParticipants
 from .errors import (
     CodecError,
@@ -107,12 +108,12 @@ class Discovery:
     Attributes:
         node_id: This node's id.
         role: This node's role.
-        participants: The other nodes by id.
+        participants: The other nodes (a view of the roster shared by the process' nodes).
     """
 
     node_id: str
     role: NodeRole
-    participants: Mapping[str, Participant]
+    participants: Peers
 
 
 async def subscribe(gateway: GatewayClient, analysis_id: str, webhook_url: str) -> str:
@@ -157,15 +158,17 @@ async def discover(gateway: GatewayClient, analysis_id: str) -> Discovery:
     me = await gateway.request_model(
         WireParticipant, "GET", f"{_prefix(analysis_id)}/participants/self", service="broker"
     )
-    everyone = await gateway.request_model(
-        WireParticipants, "GET", f"{_prefix(analysis_id)}/participants", service="broker"
-    )
-    participants = {  # already validated as the wire model: no second validation
-        p.node_id: Participant.model_construct(node_id=p.node_id, role=NodeRole.parse(p.node_type))
-        for p in everyone.root
-        if p.node_id != me.node_id
-    }
-    return Discovery(me.node_id, NodeRole.parse(me.node_type), participants)
+    path = f"{_prefix(analysis_id)}/participants"
+    body = await gateway.request("GET", path, service="broker")
+    roster = cached_roster(body)
+    if roster is None:  # parse each distinct list once per process (nodes of one platform share it)
+        everyone = parse_answer(WireParticipants, body, service="broker", method="GET", url=path)
+        roster = Roster(  # already validated as the wire model: no second validation
+            Participant.model_construct(node_id=p.node_id, role=NodeRole.parse(p.node_type))
+            for p in everyone.root
+        )
+        remember_roster(body, roster)
+    return Discovery(me.node_id, NodeRole.parse(me.node_type), roster.without(me.node_id))
 
 
 def _later_if_io(action: object) -> bool:
@@ -213,7 +216,7 @@ class BrokerService:
         self._messages_path = f"{_prefix(analysis_id)}/messages"
         self.node_id = discovery.node_id
         self.role = discovery.role
-        self._participants = dict(discovery.participants)
+        self._participants = discovery.participants
         settings = settings or ProtocolSettings()
         if settings.epoch is None:  # epochs order the node's process starts by the wall clock
             settings = dataclasses.replace(settings, epoch=new_epoch(time.time_ns()))
@@ -252,7 +255,7 @@ class BrokerService:
     @property
     def participants(self) -> list[Participant]:
         """The other nodes of the analysis, sorted by id."""
-        return [self._participants[k] for k in sorted(self._participants)]
+        return self._participants.participants()
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -614,9 +617,7 @@ class BrokerService:
             Stops resending; receivers that already acknowledged keep the message, the others
             are given up on. Payloads already stored stay stored.
         """
-        targets = (
-            [p.node_id for p in self.participants] if receivers is None else self.resolve(receivers)
-        )
+        targets = list(self._participants) if receivers is None else self.resolve(receivers)
         if not targets:
             raise InvalidArgument("there is no other node to send to")
         payload, raw = NodeProtocol.encode_payload(data)
@@ -804,7 +805,8 @@ class BrokerService:
         Cancellation:
             Messages taken so far are put back in their queues; nothing is lost.
         """
-        names = sorted(self._senders(senders) or self._participants)
+        chosen = self._senders(senders)
+        names = sorted(chosen) if chosen else list(self._participants)
         result: dict[str, tuple[int, Message] | None] = dict.fromkeys(names)
         remaining = set(names)
         handed_over = False
@@ -987,9 +989,7 @@ class BrokerService:
         Raises:
             TransportError: The broker could not be reached at all.
         """
-        targets = (
-            self.resolve(nodes) if nodes is not None else [p.node_id for p in self.participants]
-        )
+        targets = self.resolve(nodes) if nodes is not None else list(self._participants)
         report = await self.send_message(
             targets, {}, category=Category.READY_CHECK, timeout=timeout
         )
@@ -998,7 +998,7 @@ class BrokerService:
     async def broadcast_status(self, status: str, reason: str, *, timeout: float) -> None:
         """Tell every peer this node ended with ``status`` (best effort, bounded)."""
         closed = self.protocol.mailbox.closed
-        peers = [p.node_id for p in self.participants if p.node_id not in closed]
+        peers = [node_id for node_id in self._participants if node_id not in closed]
         if not peers:
             return
         try:

@@ -26,6 +26,7 @@ import heapq
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 import orjson
@@ -81,7 +82,9 @@ class ProtocolSettings:
 
     Attributes:
         resend_initial: Seconds after a POST before unacknowledged receivers get the message
-            again; doubles up to ``resend_max``.
+            again, until acknowledgements were measured; from then on the pause follows the
+            measured round trips (smoothed round trip + 4 times the deviation, at least 0.5 s,
+            as TCP does). Each resend of a message doubles its pause, up to ``resend_max``.
         resend_max: Longest pause between resends.
         retry_initial: Seconds before posting again after a POST failed (5xx, no connection);
             doubles up to the resend pause.
@@ -98,7 +101,7 @@ class ProtocolSettings:
             (the oldest are forgotten first; flame-async senders need none: they number).
     """
 
-    resend_initial: float = 1.0
+    resend_initial: float = 3.0
     resend_max: float = 10.0
     retry_initial: float = 0.05
     gap_timeout: float = 5.0
@@ -126,7 +129,11 @@ class NodeProtocol:
         self.node_id = node_id
         self.settings = settings = settings or ProtocolSettings()
         self.epoch = settings.epoch or uuid.uuid4().hex
-        self.participants = frozenset(participants) - {node_id}
+        self.participants: AbstractSet[str] = (
+            participants  # a shared view (the roster without this node): not copied per node
+            if isinstance(participants, AbstractSet) and node_id not in participants
+            else frozenset(participants) - {node_id}
+        )
         self.outbox = Outbox(
             node_id,
             epoch=self.epoch,
@@ -236,7 +243,11 @@ class NodeProtocol:
             raise UnknownNodeError([self.node_id], "a node cannot send to itself")
         unknown = [r for r in ids if r not in self.participants]
         if unknown:
-            known = ", ".join(sorted(self.participants)) or "none"
+            names = sorted(self.participants)
+            known = ", ".join(names[:10]) + (
+                f" and {len(names) - 10} more" if len(names) > 10 else ""
+            )
+            known = known or "none"
             raise UnknownNodeError(unknown, f"not participants of this analysis (known: {known})")
         return list(dict.fromkeys(ids))
 
@@ -310,10 +321,12 @@ class NodeProtocol:
         )
         self.stats["sent"] += 1
         self._arm(out.deadline, _SEND, out.id)
-        self._post_message(out)
+        self._post_message(out, now)
         return out.id
 
-    def _post_message(self, out: Outgoing) -> None:
+    def _post_message(self, out: Outgoing, now: Instant) -> None:
+        if out.first_post is None:
+            out.first_post = now.mono
         receivers = list(out.pending)
         body = self.outbox.body(out, receivers)
         for receiver in receivers:
@@ -338,7 +351,10 @@ class NodeProtocol:
             self._give_up(out, list(out.pending), reason, now)
         elif out.in_flight is None and out.due is not None and out.due <= now.mono:
             self.stats["resent"] += 1
-            self._post_message(out)
+            if not out.retrying:  # no acknowledgement in time (not a failed POST): back off
+                self.outbox.rtt.timed_out()
+            out.resent = True
+            self._post_message(out, now)
 
     def post_done(self, post_id: int, now: Instant) -> None:
         """The broker accepted a message POST (2xx): resend later if acks do not come."""
@@ -347,6 +363,7 @@ class NodeProtocol:
             return
         out.in_flight = None
         out.posted = True
+        out.retrying = False
         out.retry_pause = self.outbox.retry_initial
         out.due = now.mono + out.resend_pause
         out.resend_pause = min(out.resend_pause * 2, self.outbox.resend_max)
@@ -358,6 +375,7 @@ class NodeProtocol:
         if out is None or out.in_flight != post_id:
             return
         out.in_flight = None
+        out.retrying = True
         out.last_failure = failure.reason
         if not failure.retryable:
             self._give_up(out, list(out.pending), f"the broker refused it: {failure.reason}", now)
@@ -448,7 +466,7 @@ class NodeProtocol:
             if stream is not None:
                 self._apply_notice(sender, stream)
             return None
-        seq = stream.seq.get(self.node_id) if stream is not None else None
+        seq = stream.seq_for(self.node_id) if stream is not None else None
         if stream is None or seq is None:
             return self._receive_unordered(meta, data, len(body), now)
         return self._receive_ordered(meta, data, stream, seq, size=len(body), now=now)
@@ -567,7 +585,7 @@ class NodeProtocol:
     ) -> Rejection | None:
         message = self._message(meta, data, now)  # built first: nothing is recorded on failure
         sender = meta.sender
-        floor = stream.floor.get(self.node_id, seq)
+        floor = stream.floor_for(self.node_id) or seq
         state = self._streams.get(sender)
         released: list[Message] = []
         fresh = state is None or state.epoch != stream.epoch
@@ -607,7 +625,7 @@ class NodeProtocol:
 
     def _apply_notice(self, sender: str, stream: StreamInfo) -> None:
         state = self._streams.get(sender)
-        floor = stream.floor.get(self.node_id)
+        floor = stream.floor_for(self.node_id)
         if state is None or floor is None or state.epoch != stream.epoch:
             return
         self.stats["notices_received"] += 1
@@ -632,6 +650,8 @@ class NodeProtocol:
             if out is None:
                 continue
             if self.outbox.settle_receiver(out, node, refusal):
+                if not out.resent and out.first_post is not None:
+                    self.outbox.rtt.sample(now.mono - out.first_post)
                 if refusal is not None:
                     seq = out.seq.get(node)
                     if seq is not None:

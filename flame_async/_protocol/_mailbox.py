@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
+from collections.abc import Set as AbstractSet
 
 import orjson
 
@@ -48,7 +49,9 @@ class Mailbox:
     """
 
     def __init__(self, participants: Iterable[str]) -> None:
-        self.participants = frozenset(participants)
+        self.participants: AbstractSet[str] = (
+            participants if isinstance(participants, AbstractSet) else frozenset(participants)
+        )
         self._queues: dict[str, deque[tuple[int, Message]]] = {}
         """Per sender, in hand-over order: ``(rank, message)``, ranks rising. The rank (not the
         arrival time) is the order: a held message is handed over after the earlier-numbered

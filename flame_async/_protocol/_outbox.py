@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
+from .._wire import compact_numbers
 from ._actions import Instant
 from ._wiretime import format_wire_time
 
@@ -42,9 +43,68 @@ class Outgoing:
     """When to post again (None while a POST is in flight)."""
     resend_pause: float = 0.0
     retry_pause: float = 0.0
+    first_post: float | None = None
+    """When its first POST started (monotonic): acknowledgements measure round trips from it."""
+    retrying: bool = False
+    """The last POST failed: the next one is a retry, not a resend after a timeout."""
+    resent: bool = False
+    """Posted again after a timeout: its acknowledgements are no round-trip samples (Karn)."""
     posted: bool = False
     """A POST of it reached the broker (2xx) at least once."""
     last_failure: str = ""
+
+
+MIN_RESEND: Final = 0.5
+"""Shortest pause before a resend, however fast acknowledgements came so far."""
+
+
+class RoundTrips:
+    """How long acknowledgements take, smoothed as TCP does (RFC 6298), and the resend
+    timeout that follows: smoothed round trip + 4 times its mean deviation, within
+    ``[minimum, maximum]``; ``initial`` until the first sample. A timeout doubles the value
+    until the next sample (exponential backoff); samples come only from messages that were
+    posted once (Karn's rule), so an ack of a resent message never shrinks the timeout.
+
+    Args:
+        initial: Timeout before anything was measured.
+        minimum: Shortest timeout.
+        maximum: Longest timeout.
+    """
+
+    __slots__ = ("_backoff", "initial", "maximum", "minimum", "samples", "smoothed", "variation")
+
+    def __init__(self, *, initial: float, minimum: float, maximum: float) -> None:
+        self.initial = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.smoothed: float | None = None
+        self.variation = 0.0
+        self.samples = 0
+        self._backoff = 1.0
+
+    def sample(self, rtt: float) -> None:
+        """One measured round trip (seconds from the first POST to an acknowledgement)."""
+        rtt = max(rtt, 0.0)
+        self.samples += 1
+        self._backoff = 1.0
+        if self.smoothed is None:
+            self.smoothed, self.variation = rtt, rtt / 2
+            return
+        self.variation += (abs(self.smoothed - rtt) - self.variation) / 4
+        self.smoothed += (rtt - self.smoothed) / 8
+
+    def timed_out(self) -> None:
+        """A resend was due: back off until the next sample."""
+        self._backoff = min(self._backoff * 2, 64.0)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for acknowledgements after a POST before resending."""
+        if self.smoothed is None:
+            base = self.initial
+        else:
+            base = max(self.minimum, self.smoothed + max(4 * self.variation, 0.01))
+        return min(base * self._backoff, self.maximum)
 
 
 class Outbox:
@@ -73,6 +133,9 @@ class Outbox:
         self.epoch = epoch
         self.resend_initial = resend_initial
         self.resend_max = resend_max
+        self.rtt = RoundTrips(
+            initial=resend_initial, minimum=min(MIN_RESEND, resend_initial), maximum=resend_max
+        )
         self.retry_initial = retry_initial
         self.counter = 0
         self.next_seq: dict[str, int] = {}
@@ -145,7 +208,7 @@ class Outbox:
             dict.fromkeys(targets),
             timeout,
             now.mono + timeout,
-            resend_pause=self.resend_initial,
+            resend_pause=self.rtt.timeout,
             retry_pause=self.retry_initial,
         )
         self.sending[message_id] = out
@@ -162,10 +225,11 @@ class Outbox:
 
     def body(self, out: Outgoing, receivers: Sequence[str]) -> dict[str, Any]:
         """The ``message`` object to post to ``receivers`` now (floors are current)."""
+        seq = out.seq
         stream = {
             "epoch": self.epoch,
-            "seq": {r: out.seq[r] for r in receivers},
-            "floor": {r: self.floor(r) for r in receivers},
+            "seq": compact_numbers({r: seq[r] for r in receivers}),
+            "floor": compact_numbers({r: self.floor(r) for r in receivers}),
         }
         return {**out.data, "meta": {**out.meta, "stream": stream}}
 

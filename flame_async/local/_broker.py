@@ -36,12 +36,13 @@ Limits (each refusal names the limit):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -82,6 +83,8 @@ logger = logging.getLogger("flame_async.local.broker")
 
 _DELIVERY_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
 _ATTEMPT_TIMEOUT: Final = 30.0
+_HOLD_ANSWER: Final = 10.0
+"""Longest a send's 202 waits for the first attempts of its copies."""
 _ACCEPTED: Final = 202
 
 DEFAULT_MAX_MESSAGE_BYTES: Final[int] = FlameConfig.model_fields["max_api_body_bytes"].default
@@ -144,12 +147,24 @@ class BrokerError(InvalidArgument):
 
 
 class _Pending:
-    """The copies of one message still being delivered (its payload is held until the last)."""
+    """The copies of one message still being delivered (its payload is held until the last),
+    and those whose first webhook attempt has not ended yet (the sender's answer waits for
+    them: see :meth:`BrokerService.publish`)."""
 
-    __slots__ = ("copies",)
+    __slots__ = ("copies", "tried", "untried")
 
     def __init__(self, copies: int) -> None:
         self.copies = copies
+        self.untried = copies
+        self.tried = asyncio.Event()
+        if not copies:
+            self.tried.set()
+
+    def first_attempt_ended(self) -> None:
+        """One copy's first webhook attempt ended (answered, failed or the copy was lost)."""
+        self.untried -= 1
+        if not self.untried:
+            self.tried.set()
 
 
 class BrokerService:
@@ -318,11 +333,14 @@ class BrokerService:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def publish(self, sender: str | None, recipients: list[str], message: Any) -> None:
+    def publish(self, sender: str | None, recipients: list[str], message: Any) -> _Pending:
         """Start delivering ``message`` to every subscription of each recipient.
 
-        Returns as soon as the delivery tasks are started. Recipients without a subscription
-        get a ``dropped`` event right away.
+        Returns as soon as the delivery tasks are started, with what tracks them: the send
+        route answers once every copy's first webhook attempt ended (see :meth:`BrokerApi`),
+        so a sender that starts its resend clock at that answer never resends a copy this
+        broker is still delivering. Recipients without a subscription get a ``dropped`` event
+        right away.
 
         Args:
             sender: The ``sub`` claim of the sender's token, recorded in the events.
@@ -388,6 +406,7 @@ class BrokerService:
             self._pending_bytes += len(payload)
         for recipient, subscription, delay in deliveries:
             self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending, delay)
+        return pending
 
     async def _deliver_held(
         self,
@@ -399,16 +418,19 @@ class BrokerService:
     ) -> None:
         """:meth:`_deliver` (after ``delay`` seconds), then release the payload's bytes once
         its last copy is done. A broker restart (chaos mode) cancels it: the copy is lost."""
+        tried = [pending.first_attempt_ended]  # called once: after the first attempt, or here
         try:
             with anyio.CancelScope() as scope:
                 self._in_flight.add(scope)
                 if delay:
                     await anyio.sleep(delay)
-                await self._deliver(outgoing, recipient, subscription)
+                await self._deliver(outgoing, recipient, subscription, tried)
             if scope.cancelled_caught:
                 self._drop(outgoing, recipient, subscription, 0, None, "lost in a broker restart")
         finally:
             self._in_flight.discard(scope)
+            if tried:
+                tried.pop()()
             pending.copies -= 1
             if not pending.copies:
                 self._pending_bytes -= len(outgoing.payload)
@@ -473,9 +495,14 @@ class BrokerService:
         return status
 
     async def _deliver(
-        self, outgoing: _Outgoing, recipient: str, subscription: _Subscription
+        self,
+        outgoing: _Outgoing,
+        recipient: str,
+        subscription: _Subscription,
+        first_tried: list[Callable[[], None]],
     ) -> None:
-        """Deliver one copy, retrying 5xx answers, connection failures and timeouts.
+        """Deliver one copy, retrying 5xx answers, connection failures and timeouts; the
+        callback in ``first_tried`` is taken out and called when the first attempt ended.
 
         Cancellation: stops the delivery where it is; no event is recorded.
         """
@@ -486,7 +513,11 @@ class BrokerService:
             status: int | None = None
             fault = None if plan is None else plan.webhook(recipient, outgoing.identity, attempts)
             try:
-                status = await self._attempt(subscription.target, outgoing.payload, fault)
+                try:
+                    status = await self._attempt(subscription.target, outgoing.payload, fault)
+                finally:
+                    if first_tried:
+                        first_tried.pop()()
             except (NodeUnreachable, aiohttp.ClientError, TimeoutError) as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception:  # task supervisor: a bug here must not stop the platform
@@ -638,7 +669,7 @@ class _NodeBroker:
         recipients = self._recipients(body.get("recipients"))
         if isinstance(recipients, Response):
             return recipients
-        return self._publish(call, body, recipients)
+        return await self._publish(call, body, recipients)
 
     def _recipients(self, recipients: Any) -> list[str] | Response:
         """The distinct recipients of a send, or the 400 answer naming what is wrong."""
@@ -666,9 +697,9 @@ class _NodeBroker:
         body = await self._message_body(call)
         if isinstance(body, Response):
             return body
-        return self._publish(call, body, self._others)
+        return await self._publish(call, body, self._others)
 
-    def _publish(self, call: Call, body: dict[str, Any], recipients: list[str]) -> Response:
+    async def _publish(self, call: Call, body: dict[str, Any], recipients: list[str]) -> Response:
         message = body.get("message")
         if message is None:
             return detail_response(400, "message is missing")
@@ -677,9 +708,14 @@ class _NodeBroker:
         # the wire model's shape, without a second pass over a possibly large message
         request = SendRequest.model_construct(recipients=recipients, message=message)
         try:
-            self._broker.publish(self._node.node_id, request.recipients, request.message)
+            pending = self._broker.publish(self._node.node_id, request.recipients, request.message)
         except BrokerError as exc:
             return detail_response(exc.status, str(exc))
+        # 202 once every copy had its first webhook attempt (or after _HOLD_ANSWER): the sender
+        # starts its resend clock at this answer, so copies still in the broker's hands are
+        # never resent. (The real broker answers at once; its Hub messenger has no backlog.)
+        with anyio.move_on_after(_HOLD_ANSWER):
+            await pending.tried.wait()
         return Response(_ACCEPTED)
 
     def _forged(self, message: Any) -> str | None:

@@ -41,6 +41,7 @@ from flame_async._protocol import (
     Settled,
     Wake,
 )
+from flame_async._wire import StreamInfo
 from flame_async.models import Message, SendReport
 
 GAP = 3.0
@@ -170,10 +171,12 @@ class Network(RuleBasedStateMachine):
         if post.kind is PostKind.MESSAGE:
             assert meta["akn_id"] is None
             assert meta["sender"] == name
-            stream = meta["stream"]
-            assert set(stream["seq"]) == set(post.recipients)
+            stream = StreamInfo.model_validate(meta["stream"])
+            # every recipient is numbered (by name or by the shared "*" entry), nobody else
+            assert set(stream.seq) - {"*"} <= set(post.recipients)
             for receiver in post.recipients:
-                assert stream["floor"][receiver] <= stream["seq"][receiver]
+                seq, floor = stream.seq_for(receiver), stream.floor_for(receiver)
+                assert seq is not None and floor is not None and floor <= seq
         elif post.kind is PostKind.ACK:
             assert set(post.body) == {"meta"}, "an ack carries no payload"
             assert meta["akn_id"] == name
