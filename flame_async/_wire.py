@@ -174,6 +174,9 @@ class WireMeta(BaseModel):
     error: StrictStr | None = None
     acks: list[StrictStr] | None = None
     """flame-async only: further message ids this ack covers (acks coalesced per peer)."""
+    acked: list[StrictStr] | None = None
+    """flame-async only, on originals to one receiver: ids of the receiver's messages that
+    this one acknowledges (an answer carries the acknowledgement of what it answers)."""
     ordered: bool | None = None
     """flame-async only, on acks: the receiver keeps per-sender order (it reads ``stream``)."""
     refused: StrictStr | None = None

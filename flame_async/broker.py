@@ -718,14 +718,20 @@ class BrokerService:
             return lambda m: m.category == category
         return lambda m: m.category == category and predicate(m)
 
-    async def _sleep_until_news(self, senders: frozenset[str] | None, category: str | None) -> None:
+    async def _sleep_until_news(
+        self, senders: frozenset[str] | None, category: str | None
+    ) -> set[str] | None:
+        """Wait for news from ``senders`` (any if None); returns the senders with news (None:
+        news about every sender)."""
         waiter_id = self.protocol.add_waiter(senders, category)
         event = self._waits[waiter_id] = asyncio.Event()
+        news: set[str] | None = None
         try:
             await event.wait()
         finally:
             self._waits.pop(waiter_id, None)
-            self.protocol.remove_waiter(waiter_id)
+            news = self.protocol.remove_waiter(waiter_id)
+        return news
 
     async def _wait_one(
         self,
@@ -772,12 +778,13 @@ class BrokerService:
 
     def _take_each(
         self,
+        names: Iterable[str],
         remaining: set[str],
         result: dict[str, tuple[int, Message] | None],
         category: str | None,
         per_sender: Mapping[str, Callable[[Message], bool]] | None,
     ) -> None:
-        for name in sorted(remaining):
+        for name in sorted(n for n in names if n in remaining):
             extra = per_sender.get(name) if per_sender else None
             taken = self.protocol.take_ranked([name], self._matcher(category, extra))
             if taken is not None:
@@ -807,19 +814,22 @@ class BrokerService:
         """
         chosen = self._senders(senders)
         names = sorted(chosen) if chosen else list(self._participants)
+        chosen_set = chosen or None  # the wait's filter: None is every peer (no copy of them)
         result: dict[str, tuple[int, Message] | None] = dict.fromkeys(names)
         remaining = set(names)
         handed_over = False
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    while True:
-                        self._take_each(remaining, result, category, per_sender)
+                    news: Iterable[str] | None = None  # first look at every sender, then
+                    while True:  # only at those with news: a round stays O(senders)
+                        look = list(remaining) if news is None else news
+                        self._take_each(look, remaining, result, category, per_sender)
                         if remaining:
                             self.protocol.mailbox.drop_ended(remaining)
                         if not remaining:
                             break
-                        await self._sleep_until_news(frozenset(remaining), category)
+                        news = await self._sleep_until_news(chosen_set, category)
             except TimeoutError:
                 pass
             handed_over = True

@@ -320,9 +320,22 @@ class NodeProtocol:
             error=error,
         )
         self.stats["sent"] += 1
+        if len(out.targets) == 1:
+            self._piggyback_acks(out)
         self._arm(out.deadline, _SEND, out.id)
         self._post_message(out, now)
         return out.id
+
+    def _piggyback_acks(self, out: Outgoing) -> None:
+        """Let a message to one flame-async peer carry the acks queued for that peer: an
+        answer acknowledges what it answers, and no separate ack POST is made for it."""
+        receiver = out.targets[0]
+        acks = self._acks.get(receiver)
+        if not acks or receiver not in self.ordered_senders:
+            return
+        del self._acks[receiver]
+        out.meta["acked"] = [ack["meta"]["id"] for ack in acks]
+        self.stats["acks_piggybacked"] += len(acks)
 
     def _post_message(self, out: Outgoing, now: Instant) -> None:
         if out.first_post is None:
@@ -454,6 +467,9 @@ class NodeProtocol:
         if (refused := self._check_sender(sender)) is not None:
             return refused
         self.heard_from.add(sender)
+        if meta.acked:  # acks riding on an answer (flame-async peers only)
+            self.stats["acks"] += 1
+            self._acknowledged(sender, meta.acked, None, now)
         stream = meta.stream
         if stream is not None:
             self.ordered_senders.add(sender)
@@ -645,7 +661,14 @@ class NodeProtocol:
             self.legacy_senders.discard(node)
         self.stats["acks"] += 1
         refusal = None if meta.refused is None else f"{node} refused it: {meta.refused}"
-        for message_id in (meta.id, *(meta.acks or ())):
+        self._acknowledged(node, (meta.id, *(meta.acks or ())), refusal, now)
+
+    def _acknowledged(
+        self, node: str, message_ids: Iterable[str], refusal: str | None, now: Instant
+    ) -> None:
+        """``node`` acknowledged (or, with ``refusal``, refused the first of) ``message_ids``
+        of this node's messages; ids of other or settled messages are ignored."""
+        for message_id in message_ids:
             out = self.outbox.sending.get(message_id)
             if out is None:
                 continue
@@ -817,9 +840,10 @@ class NodeProtocol:
         """Register a wait; :class:`Wake` actions name it when there is news for it."""
         return self.mailbox.add_waiter(senders, category)
 
-    def remove_waiter(self, waiter_id: int) -> None:
-        """The wait ended (found, timed out or cancelled)."""
-        self.mailbox.remove_waiter(waiter_id)
+    def remove_waiter(self, waiter_id: int) -> set[str] | None:
+        """The wait ended (found, timed out or cancelled); returns the senders it had news
+        from (None: about every sender)."""
+        return self.mailbox.remove_waiter(waiter_id)
 
     def take(
         self,

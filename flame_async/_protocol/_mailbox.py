@@ -62,6 +62,8 @@ class Mailbox:
         self.queued_bytes: Counter[str] = Counter()
         """Per sender: bytes of its queued messages (as they arrived)."""
         self._waiters: dict[int, Waiter] = {}
+        self._news: dict[int, set[str] | None] = {}
+        """Per wait: the senders there was news from since it was registered (None: all)."""
         self._next_waiter = 0
         self.closed: dict[str, PeerFailed] = {}
         self.closed_all: PeerFailed | None = None
@@ -241,17 +243,28 @@ class Mailbox:
         """Register a wait; returns its id."""
         self._next_waiter += 1
         self._waiters[self._next_waiter] = Waiter(senders, category)
+        self._news[self._next_waiter] = set()
         return self._next_waiter
 
-    def remove_waiter(self, waiter_id: int) -> None:
-        """Forget a wait (unknown ids are ignored)."""
+    def remove_waiter(self, waiter_id: int) -> set[str] | None:
+        """Forget a wait (unknown ids are ignored); returns the senders it had news from
+        (None: news about every sender, e.g. this node lost its services)."""
         self._waiters.pop(waiter_id, None)
+        return self._news.pop(waiter_id, None)
 
     def waiters_for(self, sender: str | None, category: str | None) -> tuple[int, ...]:
-        """The waits that news from ``sender`` (every wait if None) may concern."""
+        """The waits that news from ``sender`` (every wait if None) may concern; each
+        remembers the sender (see :meth:`remove_waiter`)."""
+        news = self._news
         if sender is None:
+            for waiter_id in self._waiters:
+                news[waiter_id] = None
             return tuple(self._waiters)
-        return tuple(i for i, w in self._waiters.items() if w.wants(sender, category))
+        woken = tuple(i for i, w in self._waiters.items() if w.wants(sender, category))
+        for waiter_id in woken:
+            if (senders := news.get(waiter_id)) is not None:
+                senders.add(sender)
+        return woken
 
     def describe_waits(self) -> list[str]:
         """One line per wait."""
@@ -307,9 +320,8 @@ class Mailbox:
             raise self.unreachable
         if self.closed_all is not None:
             raise self.closed_all
-        for name in sorted(remaining):
-            closed = self.closed.get(name)
-            if closed is not None and closed.status != "executed":
-                raise closed
-            if closed is not None:
-                remaining.discard(name)
+        ended = sorted(name for name in self.closed if name in remaining)  # few ever end
+        for name in ended:
+            if self.closed[name].status != "executed":
+                raise self.closed[name]
+        remaining.difference_update(ended)

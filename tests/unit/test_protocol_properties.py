@@ -177,6 +177,10 @@ class Network(RuleBasedStateMachine):
             for receiver in post.recipients:
                 seq, floor = stream.seq_for(receiver), stream.floor_for(receiver)
                 assert seq is not None and floor is not None and floor <= seq
+            if meta.get("acked"):  # acks riding on a message to their sender
+                (peer,) = post.recipients
+                for message_id in meta["acked"]:
+                    self.acked[name].setdefault((peer, message_id), self.now)
         elif post.kind is PostKind.ACK:
             assert set(post.body) == {"meta"}, "an ack carries no payload"
             assert meta["akn_id"] == name
