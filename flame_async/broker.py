@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -84,6 +85,8 @@ INLINE_LIMIT: Final = 1 << 20
 """Default largest message payload (JSON bytes) the broker carries inline: 1 MiB."""
 
 _META_ALLOWANCE: Final = 4096
+_POST_LANES: Final = 16
+"""Most POSTs (acks, resends, notices) a node has under way at once besides its sends."""
 """Bytes a message body has beyond its payload (``meta``, the broker's envelope), at most."""
 
 _RUNTIME: Final = frozenset(c.value for c in Category)
@@ -229,6 +232,8 @@ class BrokerService:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._posting = 0
+        self._queued_posts: deque[Post] = deque()
+        self._lanes = 0
         self._no_posts = asyncio.Event()
         self._no_posts.set()
         self._performers: dict[type[Any], Callable[[Any], None]] = {
@@ -291,26 +296,27 @@ class BrokerService:
             self._timer.cancel()
             self._timer = None
 
-    def _perform(self, *, inline: str | None = None, inline_ack: bool = False) -> Post | None:
+    def _perform(self, *, inline: str | None = None) -> Post | None:
         """Perform the protocol's actions; returns one POST unstarted for the caller to await
-        itself (saving a task): the first of message ``inline``, or the first ack."""
+        itself: the first of message ``inline``. The others are queued for the post lanes."""
         keep: Post | None = None
         actions = self.protocol.take_actions()
         # wake waiters first: a POST started before them would run ahead of the analysis
         actions.sort(key=_later_if_io)
         for action in actions:
             if isinstance(action, Post):
-                if keep is None and (
-                    (inline is not None and action.message_id == inline)
-                    or (inline_ack and action.kind is PostKind.ACK)
-                ):
+                if keep is None and inline is not None and action.message_id == inline:
                     keep = action
                 else:
                     self._posting += 1  # counted from now: drain() must see it
                     self._no_posts.clear()
-                    self._tg.start_soon(self._post_spawned, action)
+                    self._queued_posts.append(action)
             else:
                 self._performers[type(action)](action)
+        queued = len(self._queued_posts)
+        while self._lanes < _POST_LANES and self._lanes < queued:
+            self._lanes += 1  # a few tasks post what is queued: no task per ack or message
+            self._tg.start_soon(self._post_lane)
         self._schedule()
         return keep
 
@@ -330,7 +336,8 @@ class BrokerService:
             self._tg.start_soon(self._run_handler, handler, action.message)
 
     def _acks_pending(self, action: AcksPending) -> None:
-        self._tg.start_soon(self._flush_acks)
+        # after the analysis tasks just woken: an answer they send at once carries the acks
+        self._loop.call_soon(self._flush_acks)
 
     def _analysis_finished(self, action: AnalysisFinished) -> None:
         self.finished.set()
@@ -451,6 +458,15 @@ class BrokerService:
             if not self._posting:
                 self._no_posts.set()
 
+    async def _post_lane(self) -> None:
+        """Post queued POSTs one after another until none is left (one of a few lanes)."""
+        queue = self._queued_posts
+        try:
+            while queue:
+                await self._post_spawned(queue.popleft())
+        finally:
+            self._lanes -= 1
+
     async def _post(self, post: Post) -> None:
         """POST one action's body to the broker and tell the protocol how it went."""
         body = SendRequest.encode(post.recipients, post.body)
@@ -495,12 +511,9 @@ class BrokerService:
         self._perform()
         await self._no_posts.wait()
 
-    async def _flush_acks(self) -> None:
+    def _flush_acks(self) -> None:
         self.protocol.flush_acks()
-        if (first := self._perform(inline_ack=True)) is not None:
-            self._posting += 1
-            self._no_posts.clear()
-            await self._post_spawned(first)  # this task already is the ack's own task
+        self._perform()
 
     # -- webhook -------------------------------------------------------------------------------
 

@@ -37,12 +37,14 @@ Limits (each refusal names the limit):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -75,7 +77,7 @@ from ._http import (
     shown,
 )
 from ._node import LocalNode
-from ._records import DeliveryEvent, DeliveryOutcome
+from ._records import DeliveryEvent, DeliveryLog, DeliveryOutcome
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "BrokerError", "BrokerService"]
 
@@ -151,10 +153,12 @@ class _Pending:
     and those whose first webhook attempt has not ended yet (the sender's answer waits for
     them: see :meth:`BrokerService.publish`)."""
 
-    __slots__ = ("copies", "tried", "untried")
+    __slots__ = ("copies", "inline", "tried", "untried")
 
     def __init__(self, copies: int) -> None:
         self.copies = copies
+        self.inline: tuple[_Outgoing, str, _Subscription] | None = None
+        """The copy whose first attempt the sender's request makes itself (no task)."""
         self.untried = copies
         self.tried = asyncio.Event()
         if not copies:
@@ -210,6 +214,7 @@ class BrokerService:
         self._multiplier = multiplier
         self._jitter = jitter
         self.events: deque[DeliveryEvent] = deque(maxlen=max_events)
+        self.delivery_log = DeliveryLog(self.events)  # counts and numbers them too
         self._in_flight: set[anyio.CancelScope] = set()
         self._subscriptions: dict[str, dict[str, _Subscription]] = {n: {} for n in core.nodes}
         self._participants = (
@@ -333,14 +338,17 @@ class BrokerService:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def publish(self, sender: str | None, recipients: list[str], message: Any) -> _Pending:
+    def publish(  # noqa: PLR0912 - one pass over the recipients, each case recorded
+        self, sender: str | None, recipients: list[str], message: Any
+    ) -> _Pending:
         """Start delivering ``message`` to every subscription of each recipient.
 
         Returns as soon as the delivery tasks are started, with what tracks them: the send
         route answers once every copy's first webhook attempt ended (see :meth:`BrokerApi`),
         so a sender that starts its resend clock at that answer never resends a copy this
-        broker is still delivering. Recipients without a subscription get a ``dropped`` event
-        right away.
+        broker is still delivering. A message with one copy (and no chaos mode) gets no task:
+        the caller must await :meth:`deliver_inline`. Recipients without a subscription get a
+        ``dropped`` event right away.
 
         Args:
             sender: The ``sub`` claim of the sender's token, recorded in the events.
@@ -404,36 +412,81 @@ class BrokerService:
         pending = _Pending(len(deliveries))
         if deliveries:
             self._pending_bytes += len(payload)
+        if len(deliveries) == 1 and not deliveries[0][2] and plan is None:
+            recipient, subscription, _ = deliveries.pop()
+            pending.inline = (outgoing, recipient, subscription)  # see deliver_inline
         for recipient, subscription, delay in deliveries:
             self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending, delay)
         return pending
 
-    async def _deliver_held(
+    async def _deliver_held(  # noqa: PLR0917 - private, spawned with positional arguments
         self,
         outgoing: _Outgoing,
         recipient: str,
         subscription: _Subscription,
         pending: _Pending,
         delay: float = 0.0,
+        attempts: int = 0,
     ) -> None:
-        """:meth:`_deliver` (after ``delay`` seconds), then release the payload's bytes once
-        its last copy is done. A broker restart (chaos mode) cancels it: the copy is lost."""
-        tried = [pending.first_attempt_ended]  # called once: after the first attempt, or here
+        """:meth:`_deliver` (after ``delay`` seconds; after a backoff when ``attempts`` were
+        made already), then release the payload's bytes once its last copy is done. A broker
+        restart (chaos mode) cancels it: the copy is lost."""
+        # called once: after the first attempt, or here
+        tried = [pending.first_attempt_ended] if not attempts else []
+        # only chaos mode restarts the broker: without it, no cancel scope per copy
+        scope = anyio.CancelScope() if self._core.faults is not None else None
         try:
-            with anyio.CancelScope() as scope:
-                self._in_flight.add(scope)
+            with scope if scope is not None else nullcontext():
+                if scope is not None:
+                    self._in_flight.add(scope)
+                if attempts:
+                    delay = max(delay, self._backoff(attempts))
                 if delay:
                     await anyio.sleep(delay)
-                await self._deliver(outgoing, recipient, subscription, tried)
-            if scope.cancelled_caught:
+                await self._deliver(outgoing, recipient, subscription, tried, attempts)
+            if scope is not None and scope.cancelled_caught:
                 self._drop(outgoing, recipient, subscription, 0, None, "lost in a broker restart")
         finally:
-            self._in_flight.discard(scope)
+            if scope is not None:
+                self._in_flight.discard(scope)
             if tried:
                 tried.pop()()
             pending.copies -= 1
             if not pending.copies:
                 self._pending_bytes -= len(outgoing.payload)
+
+    async def deliver_inline(self, pending: _Pending) -> None:
+        """Make the first attempt of the one copy :meth:`publish` left to the caller (a
+        message to one node, the usual case: no task of its own); retries, if due, go on in a
+        task. Cancelled, the copy is handed to a task that delivers it from the start (the
+        node may get it twice; receivers de-duplicate)."""
+        if pending.inline is None:
+            return
+        outgoing, recipient, subscription = pending.inline
+        pending.inline = None
+        tried = [pending.first_attempt_ended]
+        handed_off = False
+        try:
+            left = await self._deliver(outgoing, recipient, subscription, tried, give_back=True)
+            if left:
+                self._core.spawn(
+                    self._deliver_held, outgoing, recipient, subscription, pending, 0.0, left
+                )
+                handed_off = True
+        except BaseException:
+            if not handed_off:
+                tried.clear()  # the first attempt ended: the answer does not wait again
+                self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending)
+                pending.untried += 1  # _deliver_held reports its own first attempt
+                handed_off = True
+            raise
+        finally:
+            if tried:
+                tried.pop()()
+            if not handed_off:
+                pending.copies -= 1
+                if not pending.copies:
+                    self._pending_bytes -= len(outgoing.payload)
 
     def restart(self) -> None:
         """Restart (chaos mode): every delivery in flight is lost; subscriptions stay."""
@@ -500,13 +553,23 @@ class BrokerService:
         recipient: str,
         subscription: _Subscription,
         first_tried: list[Callable[[], None]],
-    ) -> None:
+        attempts: int = 0,
+        *,
+        give_back: bool = False,
+    ) -> int:
         """Deliver one copy, retrying 5xx answers, connection failures and timeouts; the
         callback in ``first_tried`` is taken out and called when the first attempt ended.
 
+        Args:
+            attempts: Attempts made before (by an earlier call that gave the copy back).
+            give_back: Return instead of waiting for a retry.
+
+        Returns:
+            0 when the copy is delivered or dropped; with ``give_back``, the attempts made so
+            far when a retry is due (the caller delivers it later).
+
         Cancellation: stops the delivery where it is; no event is recorded.
         """
-        attempts = 0
         plan = self._core.faults
         while True:
             attempts += 1
@@ -531,7 +594,7 @@ class BrokerService:
                     status=None,
                     reason="internal error",
                 )
-                return
+                return 0
             else:
                 if 200 <= status < 300:
                     self._record(
@@ -542,15 +605,17 @@ class BrokerService:
                         attempts=attempts,
                         status=status,
                     )
-                    return
+                    return 0
                 failure = f"HTTP {status}"
                 if status < 500:
                     self._drop(outgoing, recipient, subscription, attempts, status, failure)
-                    return
+                    return 0
             if attempts > self._retries:
                 reason = f"gave up after {attempts} attempts ({failure})"
                 self._drop(outgoing, recipient, subscription, attempts, status, reason)
-                return
+                return 0
+            if give_back:
+                return attempts
             await anyio.sleep(self._backoff(attempts))
 
     def _backoff(self, retry: int) -> float:
@@ -596,7 +661,7 @@ class BrokerService:
         status: int | None,
         reason: str = "",
     ) -> None:
-        self.events.append(
+        self.delivery_log.append(  # into ``events``, counted
             DeliveryEvent(
                 sender=outgoing.sender,
                 recipient=recipient,
@@ -714,8 +779,10 @@ class _NodeBroker:
         # 202 once every copy had its first webhook attempt (or after _HOLD_ANSWER): the sender
         # starts its resend clock at this answer, so copies still in the broker's hands are
         # never resent. (The real broker answers at once; its Hub messenger has no backlog.)
-        with anyio.move_on_after(_HOLD_ANSWER):
-            await pending.tried.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_HOLD_ANSWER):
+                await self._broker.deliver_inline(pending)
+                await pending.tried.wait()
         return Response(_ACCEPTED)
 
     def _forged(self, message: Any) -> str | None:

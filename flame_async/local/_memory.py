@@ -9,8 +9,9 @@ and the pod orchestrator's calls reach it by a function call. Everything the ser
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -126,7 +127,7 @@ class MemoryTransport:
             )
         limit = request.timeout
         try:
-            with anyio.fail_after(limit) if limit is not None else nullcontext():
+            async with asyncio.timeout(limit):  # cheaper than a cancel scope, per request
                 answer = await gateway(request)
         except ConnectionDropped as exc:
             raise ServiceUnavailable(
