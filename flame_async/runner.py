@@ -4,7 +4,8 @@
 ``main()`` once per node in this event loop (each ``FlameSDK()`` inside it picks up its node's
 configuration, so breakpoints work) and returns a :class:`RunResult`. ``run_script(path,
 mode="processes")`` runs the file unmodified as ``python SCRIPT`` per node instead, with the
-environment the FLAME platform gives a container.
+environment the FLAME platform gives a container (forked from a fork server on Linux, see
+``_forkserver``).
 
 Never hangs: when a node fails, its peers' waits on it end at once with
 :class:`~flame_async.errors.PeerFailed`, and whatever still runs a few seconds later is stopped;
@@ -14,17 +15,18 @@ a timeout stops the run and records what each node was still waiting for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import importlib.util
 import inspect
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -34,6 +36,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._failures import Failure, describe, from_exception, from_stderr, user_location
+from ._forkserver import Launcher, open_launcher
 from ._runrecord import build_run_record, write_outputs
 from ._transport import Request, Transport
 from ._watchdog import Block, LoopWatchdog
@@ -60,6 +63,28 @@ Observer = Callable[[LocalPlatform, "list[NodeOutcome]"], Awaitable[None]]
 
 _RUN_ARTEFACTS: Final = ("final", "logs", "run.json", "report.html")
 """What a run writes into its output folder (and ``--force`` removes)."""
+
+_FDS_BASE: Final = 64
+"""File descriptors a run needs besides its nodes' (the event loop, the platform's shared
+port, session and files, the outputs, a fork server): 9 to 12 measured, with a margin."""
+
+_FDS_PER_NODE: Final[Mapping[tuple[Mode, TransportKind], int]] = {
+    # the node's API socket, its connections to its gateway and the gateway's ends of them,
+    # the PO's and the broker's connections to its API: at most 14 per node measured
+    # (/proc/self/fd, 10 to 100 nodes of a star analysis, platform included; 100 nodes ran
+    # at a limit of 1,450, not at 1,300)
+    ("inprocess", "http"): 20,
+    ("inprocess", "memory"): 1,  # no socket, no file: 0 measured
+    # the runner's side of a node process: its gateway's sockets and the node's two pipes
+    # (7.4 measured; 100 node processes ran at 800, not at 700)
+    ("processes", "http"): 10,
+}
+"""File descriptors this process needs per node, by mode and transport (with a margin)."""
+
+_GC_THRESHOLD: Final = (50_000, 20, 100)
+"""The collector's thresholds while in-process nodes run (Python's default: 700, 10, 10).
+Nodes allocate many short-lived objects per message; a young generation this large is
+collected about 70 times less often, and the start-up heap is frozen out of it."""
 
 
 class ScriptError(InvalidArgument):
@@ -253,22 +278,38 @@ print(json.dumps({"main": type(main).__name__ if main is not None else None,
 """
 
 
-async def _check_import_in_subprocess(script: Path) -> None:
+async def _check_import_in_subprocess(script: Path, launcher: Launcher) -> None:
     """Import ``script`` in a child process (what ``python SCRIPT`` would do, minus running
     ``main``) and check its ``main``.
 
     Raises:
         ScriptError: It fails to import or has no ``async def main()``.
+        OSError: The child process could not be started.
     """
     folder = (await anyio.Path(script).resolve()).parent
-    done = await anyio.run_process(
-        [sys.executable, "-c", _IMPORT_CHECK, str(script), str(folder)], check=False
+    process = await launcher.start(
+        ["-c", _IMPORT_CHECK, str(script), str(folder)], env=dict(os.environ)
     )
-    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    output: dict[str, bytes] = {}
+
+    async def read(stream: Any, name: str) -> None:
+        output[name] = b"".join([chunk async for chunk in stream])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read, process.stdout, "stdout")
+            tg.start_soon(read, process.stderr, "stderr")
+            code = await process.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    lines = output["stdout"].decode("utf-8", "replace").splitlines()
     answer = orjson.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-    if done.returncode != 0 or answer.get("exception"):
+    if code != 0 or answer.get("exception"):
         failure = from_stderr(
-            done.stderr.decode("utf-8", "replace").splitlines(), exit_code=done.returncode
+            output["stderr"].decode("utf-8", "replace").splitlines(), exit_code=code
         )
         where = failure.location or script.name
         raise ScriptError(f"{where}: {failure.error_type}: {failure.message}")
@@ -467,6 +508,11 @@ async def run_analysis(
     HTTP an API socket the platform has bound for it, or the in-memory transport. Everything
     that can be checked is checked before anything runs.
 
+    What the run does to this process: on POSIX it raises the soft limit on open files
+    (``RLIMIT_NOFILE``) to the hard limit and leaves it there; while the nodes run, the
+    garbage collector's start-up heap is frozen (``gc.freeze()``) and its thresholds raised,
+    both restored when the last overlapping run ends (a disabled collector is left alone).
+
     Args:
         main: The analysis entry point; each call creates its own ``FlameSDK()``.
         nodes: Number of nodes, or their ids.
@@ -489,8 +535,9 @@ async def run_analysis(
         The outcomes; node errors are captured there, not raised.
 
     Raises:
-        InvalidArgument: Bad node ids, aggregator, data folder, output folder or timeout
-            (before anything runs).
+        InvalidArgument: Bad node ids, aggregator, data folder, output folder or timeout, or
+            the nodes need more file descriptors than this process may open (the message
+            names the limit and the need); all before anything runs.
 
     Cancellation:
         Stops every node and the platform; with ``out_dir``, what the run saw so far is
@@ -521,6 +568,7 @@ async def run_analysis(
         timeout=timeout,
         options={**platform_options, "transport": transport},
     )
+    _check_file_limit(len(platform.node_ids), mode="inprocess", transport=transport)
     _prepare(platform, data=data, out_dir=out_dir, force=force)
     if on_start is not None:
         on_start()
@@ -557,7 +605,9 @@ async def run_script(
     In ``processes`` mode each node is ``python SCRIPT`` (the file calls
     ``asyncio.run(main())`` itself) with the variables the FLAME platform gives a container
     plus the local overrides (``FLAME_BASE_URL`` and the API port): what passes here is what
-    ships.
+    ships. On Linux the nodes are forked from a fork server that has imported flame-async
+    once, and behave as ``python SCRIPT`` (``FLAME_ASYNC_FORKSERVER=0`` starts new
+    interpreters instead).
 
     With ``transport="memory"`` (in-process only) the nodes reach the platform by calls in this
     event loop instead of HTTP: much faster for many nodes, the same services underneath.
@@ -569,7 +619,9 @@ async def run_script(
     Raises:
         ScriptError: The script does not exist, compile or import, or has no
             ``async def main()`` (the message names the file and line).
-        InvalidArgument: A bad option, or the in-memory transport asked for processes.
+        InvalidArgument: A bad option, the in-memory transport asked for processes, or the
+            nodes need more file descriptors than this process may open.
+        OSError: A node process could not be started.
 
     Cancellation:
         Stops every node (terminating processes) and the platform; with ``out_dir``, what the
@@ -583,7 +635,10 @@ async def run_script(
         )
     if mode == "inprocess":
         # the cheap checks of the options first, then the import (which runs the user's code)
-        _platform(nodes=nodes, aggregator=aggregator, data=data, out_dir=out_dir, timeout=timeout)
+        checked = _platform(
+            nodes=nodes, aggregator=aggregator, data=data, out_dir=out_dir, timeout=timeout
+        )
+        _check_file_limit(len(checked.node_ids), mode="inprocess", transport=transport)
         return await run_analysis(
             load_main(script),
             nodes=nodes,
@@ -607,26 +662,131 @@ async def run_script(
         timeout=timeout,
         options=platform_options,
     )
+    _check_file_limit(len(platform.node_ids), mode="processes", transport="http")
     _check_file(script)
     _prepare(platform, data=data, out_dir=out_dir, force=False)  # before the slow check
-    await _check_import_in_subprocess(script)
-    _prepare(platform, data=data, out_dir=out_dir, force=force)
-    if on_start is not None:
-        on_start()
+    async with open_launcher() as launcher:
+        await _check_import_in_subprocess(script, launcher)
+        _prepare(platform, data=data, out_dir=out_dir, force=force)
+        if on_start is not None:
+            on_start()
 
-    async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
-        await _run_process(script, node, outcome, run)
+        async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+            await _run_process(script, node, outcome, run, launcher)
 
-    return await _run_nodes(
-        start,
-        platform,
-        out_dir=out_dir,
-        timeout=timeout,
-        fail_fast_grace=fail_fast_grace,
-        observer=observer,
-        mode="processes",
-        script=str(script),
+        return await _run_nodes(
+            start,
+            platform,
+            out_dir=out_dir,
+            timeout=timeout,
+            fail_fast_grace=fail_fast_grace,
+            observer=observer,
+            mode="processes",
+            script=str(script),
+        )
+
+
+def _raise_file_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit (POSIX only; it is
+    left raised). The soft limit now, or None where there is none or it is unknown."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    unlimited = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == unlimited:
+        return None
+    # macOS refuses a soft limit above OPEN_MAX (10240), an unlimited hard limit included
+    for target in (hard, 10240 if hard == unlimited else min(hard, 10240)):
+        if target != unlimited and target <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        return None if target == unlimited else target
+    return soft
+
+
+def _open_files() -> int:
+    """How many file descriptors this process has open (0 where that cannot be listed)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return max(len(os.listdir(folder)) - 1, 0)  # less the listing's own
+        except OSError:
+            continue
+    return 0
+
+
+def _check_file_limit(nodes: int, *, mode: Mode, transport: TransportKind) -> None:
+    """Raise the limit on open files as far as allowed, and refuse a run that needs more.
+
+    Raises:
+        InvalidArgument: The run needs more file descriptors than this process may open
+            (the message names both, and what to do).
+    """
+    limit = _raise_file_limit()
+    if limit is None:
+        return
+    in_use = _open_files()
+    need = _FDS_BASE + _FDS_PER_NODE[(mode, transport)] * nodes
+    if in_use + need <= limit:
+        return
+    about = -(-need // 100) * 100  # rounded up to a hundred
+    suggest = max(1024, 1 << (in_use + need - 1).bit_length())
+    if mode == "processes":
+        what = f"{nodes} node processes need about {about:,} file descriptors in the runner"
+    elif transport == "http":
+        what = f"{nodes} in-process nodes over HTTP need about {about:,} file descriptors"
+    else:
+        what = f"{nodes} in-process nodes in memory need about {about:,} file descriptors"
+    has = f" and has {in_use:,} open" if in_use > _FDS_BASE // 2 else ""
+    instead = " or use --transport memory" if (mode, transport) == ("inprocess", "http") else ""
+    raise InvalidArgument(
+        f"{what}; this process may open {limit:,} (ulimit -n){has}. Raise the limit "
+        f"(ulimit -n {suggest}){instead}."
     )
+
+
+class _Collector:
+    """Tunes the cyclic garbage collector while in-process runs last: the first run to begin
+    tunes it, the last to end restores it (runs may be embedded in a program, and overlap).
+
+    Tuning freezes what exists when the nodes start (imports, the platform, the analysis
+    module: it lives as long as the run, so no collection needs to scan it again) and raises
+    the thresholds to :data:`_GC_THRESHOLD`. A program that disabled the collector is left
+    alone; one that froze objects itself keeps them frozen.
+    """
+
+    def __init__(self) -> None:
+        self._runs = 0
+        self._saved: tuple[int, int, int] | None = None
+        self._froze = False
+
+    @contextlib.contextmanager
+    def tuned(self) -> Iterator[None]:
+        """Tune the collector for as long as the block runs."""
+        if self._runs == 0 and gc.isenabled():
+            self._saved = gc.get_threshold()
+            self._froze = gc.get_freeze_count() == 0
+            if self._froze:
+                gc.collect()
+                gc.freeze()
+            gc.set_threshold(*_GC_THRESHOLD)
+        self._runs += 1
+        try:
+            yield
+        finally:
+            self._runs -= 1
+            if self._runs == 0 and self._saved is not None:
+                gc.set_threshold(*self._saved)
+                if self._froze:
+                    gc.unfreeze()
+                self._saved, self._froze = None, False
+
+
+_COLLECTOR: Final = _Collector()
 
 
 def _platform(
@@ -692,8 +852,10 @@ async def _run_nodes(
                 if outcome.running:
                     outcome.status = "stopped"
 
+        # in-process, the start-up heap is frozen and collections are rarer while nodes run
+        tuned = _COLLECTOR.tuned() if mode == "inprocess" else contextlib.nullcontext()
         try:
-            with anyio.CancelScope() as nodes_scope:
+            with tuned, anyio.CancelScope() as nodes_scope:
                 async with anyio.create_task_group() as tg:
                     for index in range(len(platform.nodes)):
                         tg.start_soon(one, index)
@@ -715,12 +877,12 @@ async def _run_nodes(
             run.watchdog.unsubscribe(watching)
 
 
-async def _run_process(script: Path, node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+async def _run_process(
+    script: Path, node: LocalNode, outcome: NodeOutcome, run: _Run, launcher: Launcher
+) -> None:
     env = {**os.environ, **node.env, "PYTHONUNBUFFERED": "1"}
     outcome.status = "running"
-    process = await anyio.open_process(
-        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    process = await launcher.start([str(script)], env=env)
     stderr_lines: list[str] = []
 
     async def pump(stream: Any, name: str) -> None:
