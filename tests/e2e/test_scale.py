@@ -1,8 +1,14 @@
-"""Many nodes on one machine: the in-memory transport runs the same services without sockets."""
+"""Many nodes on one machine: star rounds at scale, in memory and over HTTP.
+
+Each node is entered in its own task, as the runner does (entering thousands of SDKs one
+inside the other in a single task would nest their cancel scopes thousands deep).
+"""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -12,37 +18,107 @@ from flame_async.local import LocalPlatform
 
 pytestmark = pytest.mark.slow
 
+_CATEGORIES = ("go", "answer")
 
-@pytest.mark.timeout(300)
-async def test_a_thousand_node_star_round_completes_in_memory() -> None:
-    """The aggregator sends "go" to 999 nodes; each answers with an acknowledged message."""
+
+@asynccontextmanager
+async def star(platform: LocalPlatform) -> AsyncIterator[tuple[FlameSDK, list[FlameSDK]]]:
+    """Every node of ``platform`` entered in a task of its own; yields (aggregator, others)."""
+    flames: dict[str, FlameSDK] = {}
+    all_in, done = anyio.Event(), anyio.Event()
+
+    async def node(local_id: str) -> None:
+        local = platform.node(local_id)
+        async with FlameSDK(local.config(), transport=platform.transport_for(local)) as flame:
+            flames[local_id] = flame
+            if len(flames) == len(platform.nodes):
+                all_in.set()
+            await done.wait()
+
+    async with anyio.create_task_group() as tg:
+        for node_id in platform.node_ids:
+            tg.start_soon(node, node_id)
+        with anyio.fail_after(300):
+            await all_in.wait()
+        aggregator = flames[platform.aggregator_id]
+        try:
+            yield aggregator, [f for f in flames.values() if f is not aggregator]
+        finally:
+            done.set()
+
+
+async def star_round(aggregator: FlameSDK, others: list[FlameSDK], number: int) -> None:
+    """The aggregator sends "go" to every node; each answers with an acknowledged message."""
+
+    async def answer(flame: FlameSDK) -> None:
+        go = await flame.await_message(aggregator.node_id, category="go", timeout=120)
+        report = await flame.send_message(
+            aggregator.node_id,
+            {"n": go.data["round"] * 1000 + int(flame.node_id[5:])},
+            category="answer",
+            timeout=120,
+        )
+        assert report.ok, report
+
+    async with anyio.create_task_group() as tg:
+        for flame in others:
+            tg.start_soon(answer, flame)
+        report = await aggregator.send_message(None, {"round": number}, category="go", timeout=120)
+        assert report.ok and len(report.acked) == len(others), report
+        answers = await aggregator.await_messages(category="answer", timeout=120)
+    assert len(answers) == len(others)
+    got = sum(m.data["n"] for m in answers.values() if m is not None)
+    expected = sum(number * 1000 + int(f.node_id[5:]) for f in others)
+    assert got == expected, f"round {number}: sum {got}, expected {expected}"
+
+
+@pytest.mark.timeout(600)
+async def test_a_thousand_nodes_run_three_exact_star_rounds_in_memory() -> None:
     nodes = 1000
     async with (
         LocalPlatform(nodes, transport="memory", po_interval=3600.0) as platform,
-        AsyncExitStack() as stack,
+        star(platform) as (aggregator, others),
     ):
-        flames = [
-            await stack.enter_async_context(
-                FlameSDK(node.config(), transport=platform.transport_for(node))
-            )
-            for node in platform.nodes
-        ]
-        aggregator, others = flames[0], flames[1:]
         assert aggregator.is_aggregator
-
-        async def answer(flame: FlameSDK) -> None:
-            go = await flame.await_message(aggregator.node_id, category="go", timeout=120)
-            report = await flame.send_message(
-                aggregator.node_id, {"n": go.data["round"]}, category="answer", timeout=120
-            )
-            assert report.ok, report
-
-        async with anyio.create_task_group() as tg:
-            for flame in others:
-                tg.start_soon(answer, flame)
-            report = await aggregator.send_message(None, {"round": 1}, category="go", timeout=120)
-            assert report.ok and len(report.acked) == nodes - 1
-            answers = await aggregator.await_messages(category="answer", timeout=120)
-        assert len(answers) == nodes - 1
-        assert all(m is not None and m.data == {"n": 1} for m in answers.values())
+        for number in range(1, 4):
+            await star_round(aggregator, others, number)
         assert platform.api_port(aggregator.node_id) is None  # no socket anywhere
+        # the participant table is one object for all nodes, not a copy per node
+        rosters = {id(f._run.broker._participants._roster) for f in [aggregator, *others]}
+        assert len(rosters) == 1
+
+
+def _descriptors_for(nodes: int) -> None:
+    """Raise the soft file limit for ``nodes`` in-process HTTP nodes, or skip."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 64 + 24 * nodes
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"{nodes} HTTP nodes need about {need} descriptors; ulimit -Hn is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+@pytest.mark.timeout(600)
+async def test_three_hundred_http_nodes_need_no_more_than_the_minimum_deliveries() -> None:
+    """5 star rounds over HTTP: the platform counts every broker copy (messages and acks).
+
+    The minimum per round is a copy of "go" and of each answer, one ack per answer, and one
+    per "go" unless the answer carries it: 3 (N - 1) when every answer carries it, 4 (N - 1)
+    when none does. Resends (a timeout shorter than the round) would add to it."""
+    nodes, rounds = 300, 5
+    _descriptors_for(nodes)
+    async with (
+        LocalPlatform(nodes, transport="http", po_interval=3600.0) as platform,
+        star(platform) as (aggregator, others),
+    ):
+        before = len(platform.deliveries)
+        for number in range(1, rounds + 1):
+            await star_round(aggregator, others, number)
+        events = platform.deliveries[before:]
+    copies = [e for e in events if e.category in _CATEGORIES]
+    assert all(e.outcome == "delivered" and e.attempts == 1 for e in copies)
+    minimum = rounds * 3 * (nodes - 1)
+    assert len(copies) <= 1.05 * minimum, f"{len(copies)} copies for a minimum of {minimum}"
+    # nothing was resent: each message reached each receiver once
+    firsts = {(e.recipient, e.message_id) for e in copies}
+    assert len(firsts) == len(copies)
