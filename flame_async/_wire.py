@@ -88,6 +88,11 @@ class BroadcastRequest(_Wire):
 
     message: Any
 
+    @staticmethod
+    def encode(message: Any) -> bytes:
+        """The body for a trusted value, serialised straight away (the message hot path)."""
+        return b'{"message":%b}' % orjson.dumps(message)
+
 
 class SubscriptionRequest(_Wire):
     """``POST /analyses/{id}/messages/subscriptions``."""

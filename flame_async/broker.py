@@ -49,7 +49,14 @@ from ._protocol import (
 )
 from ._roster import Peers, Roster, cached_roster, remember_roster
 from ._transport import GatewayClient, parse_answer
-from ._wire import SendRequest, Subscription, SubscriptionRequest, WireParticipant, WireParticipants
+from ._wire import (
+    BroadcastRequest,
+    SendRequest,
+    Subscription,
+    SubscriptionRequest,
+    WireParticipant,
+    WireParticipants,
+)
 from .errors import (
     CodecError,
     FlameError,
@@ -217,6 +224,7 @@ class BrokerService:
         self._large_messages = large_messages
         self._tg = task_group
         self._messages_path = f"{_prefix(analysis_id)}/messages"
+        self._broadcast_path = f"{self._messages_path}/broadcast"
         self.node_id = discovery.node_id
         self.role = discovery.role
         self._participants = discovery.participants
@@ -469,12 +477,19 @@ class BrokerService:
 
     async def _post(self, post: Post) -> None:
         """POST one action's body to the broker and tell the protocol how it went."""
-        body = SendRequest.encode(post.recipients, post.body)
         is_message = post.kind is PostKind.MESSAGE
+        path = self._messages_path
+        if len(post.recipients) > 1 and len(post.recipients) == len(self._participants):
+            # to every other node (distinct participants): the broadcast route, whose body
+            # does not list thousands of recipients
+            body = BroadcastRequest.encode(post.body)
+            path = self._broadcast_path
+        else:
+            body = SendRequest.encode(post.recipients, post.body)
         try:
             await self._gateway.request(
                 "POST",
-                self._messages_path,
+                path,
                 service="broker",
                 body=body,
                 headers={"content-type": "application/json"},

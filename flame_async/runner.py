@@ -53,6 +53,7 @@ __all__ = [
     "load_main",
     "run_analysis",
     "run_script",
+    "tuned_collector",
 ]
 
 log = logging.getLogger("flame_async.runner")
@@ -787,6 +788,16 @@ class _Collector:
 
 
 _COLLECTOR: Final = _Collector()
+
+
+def tuned_collector() -> contextlib.AbstractContextManager[None]:
+    """The garbage-collector tuning of an in-process run, for programs that start their own
+    nodes (``LocalPlatform`` and ``FlameSDK``): enter it once the nodes are up. It freezes
+    the heap that exists then (``gc.freeze()``) and raises the collector's thresholds, and
+    restores both on exit; nested or overlapping uses tune once. A collector that is off
+    stays off.
+    """
+    return _COLLECTOR.tuned()
 
 
 def _platform(

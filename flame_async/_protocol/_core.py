@@ -76,6 +76,9 @@ def new_epoch(unix_ns: int) -> str:
     return f"{unix_ns:016x}-{uuid.uuid4().hex[:8]}"
 
 
+_READY_RESEND: Final = 0.25
+"""First resend pause of a ready check (peers may still be subscribing)."""
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProtocolSettings:
     """The timing rules of one node's protocol.
@@ -320,6 +323,10 @@ class NodeProtocol:
             error=error,
         )
         self.stats["sent"] += 1
+        if category == Category.READY_CHECK:
+            # a ready check looks for peers still starting (a copy that reached a node before
+            # it subscribed is lost), not for a congested path: ask again soon
+            out.resend_pause = min(out.resend_pause, _READY_RESEND)
         if len(out.targets) == 1:
             self._piggyback_acks(out)
         self._arm(out.deadline, _SEND, out.id)

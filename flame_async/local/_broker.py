@@ -91,8 +91,9 @@ _ACCEPTED: Final = 202
 
 DEFAULT_MAX_MESSAGE_BYTES: Final[int] = FlameConfig.model_fields["max_api_body_bytes"].default
 """The broker's default message limit: what a node API takes by default (16 MiB)."""
-_ENVELOPE: Final = 64 * 1024  # what a send body may hold besides the message: the recipients
-_MAX_RECIPIENTS: Final = 1024
+_MAX_RECIPIENTS: Final = 20_000
+_ENVELOPE: Final = 64 * 1024 + 128 * _MAX_RECIPIENTS
+"""What a send body may hold besides the message: the recipients (ids of up to 128 bytes)."""
 _MAX_SUBSCRIPTIONS: Final = 64
 _MAX_WEBHOOK_URL: Final = 2048
 _SUBSCRIBE_LIMIT: Final = 64 * 1024
@@ -723,7 +724,7 @@ class _NodeBroker:
         limit = self._broker.max_message_bytes + _ENVELOPE
         what = (
             f"a broker send (a message of at most {self._broker.max_message_bytes} bytes, "
-            "plus 64 KiB for the recipients)"
+            f"plus {_ENVELOPE // 1024} KiB for the recipients)"
         )
         return await read_json_object(call, limit=limit, what=what)
 
