@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -34,10 +36,25 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    """Benchmarks; each writes JSON with a raw-aiohttp baseline measured in the same run."""
-    session.install("-e", ".[test,test-torch]")
+    """Benchmarks; each writes JSON with its yardstick measured in the same run (raw aiohttp;
+    for scale.py, Flower).
+
+    scale.py compares with Flower when FLOWER_PYTHON names an interpreter that has
+    "flwr[simulation]==1.42.*" (a venv of its own: Flower is no dependency of the project).
+    """
+    session.install("-e", ".[test,test-torch,bench]")
     session.run("python", "benchmarks/messaging.py", "--json", "benchmarks/results/messaging.json")
     session.run("python", "benchmarks/results.py", "--json", "benchmarks/results/results.json")
+    flower = os.environ.get("FLOWER_PYTHON")
+    session.run(
+        "python",
+        "benchmarks/scale.py",
+        "--json",
+        "benchmarks/results/scale.json",
+        "--plot",
+        "docs/assets/scale.png",
+        *(["--flower-python", flower] if flower else []),
+    )
 
 
 @nox.session(python=PY)
