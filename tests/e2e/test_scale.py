@@ -9,12 +9,16 @@ from __future__ import annotations
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 
 from flame_async import FlameSDK
 from flame_async.local import LocalPlatform
+from flame_async.runner import run_script
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +126,20 @@ async def test_three_hundred_http_nodes_need_no_more_than_the_minimum_deliveries
     # nothing was resent: each message reached each receiver once
     firsts = {(e.recipient, e.message_id) for e in copies}
     assert len(firsts) == len(copies)
+
+
+@pytest.mark.timeout(600)
+async def test_the_star_example_runs_on_a_thousand_simulated_nodes(tmp_path: Path) -> None:
+    """`flame-async run examples/star.py --nodes 1000 --transport memory`: simulation mode."""
+    result = await run_script(
+        EXAMPLES / "star.py", nodes=1000, transport="memory", out_dir=tmp_path / "out"
+    )
+    assert result.ok, [o.failure for o in result.failed]
+    values = [o.result for o in result.outcomes if o.role != "aggregator"]
+    aggregator = next(o for o in result.outcomes if o.role == "aggregator")
+    assert aggregator.result == sum(values) + star_value(aggregator.node_id)
+
+
+def star_value(node_id: str) -> int:
+    """examples/star.py's local value of a node."""
+    return sum(ord(c) for c in node_id) % 97
