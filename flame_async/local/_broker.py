@@ -688,16 +688,18 @@ async def _healthz(call: Call) -> Response:
 class _NodeBroker:
     """The broker endpoints as one node sees them."""
 
-    __slots__ = ("_analysis_id", "_broker", "_node", "_nodes", "_others", "_self_json")
+    __slots__ = ("_analysis_id", "_broker", "_node", "_nodes", "_self_json")
 
     def __init__(self, broker: BrokerService, node: LocalNode) -> None:
         self._broker = broker
         self._node = node
         self._nodes = broker.core.nodes
         self._analysis_id = broker.core.analysis_id
-        self._others = [n for n in self._nodes if n != node.node_id]
-        self._self_json = orjson.dumps(
-            WireParticipant(node_id=node.node_id, node_type=node.role).wire()
+        # a right-sized copy: orjson's buffer (4 KiB) would stay allocated for each node
+        self._self_json = bytes(
+            memoryview(
+                orjson.dumps(WireParticipant(node_id=node.node_id, node_type=node.role).wire())
+            )
         )
 
     def known_analysis(self, handler: Any) -> Any:
@@ -763,7 +765,8 @@ class _NodeBroker:
         body = await self._message_body(call)
         if isinstance(body, Response):
             return body
-        return await self._publish(call, body, self._others)
+        me = self._node.node_id  # the others, listed per broadcast: no N-long list per node
+        return await self._publish(call, body, [n for n in self._nodes if n != me])
 
     async def _publish(self, call: Call, body: dict[str, Any], recipients: list[str]) -> Response:
         message = body.get("message")
