@@ -11,7 +11,7 @@ wait for it.
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -138,6 +138,8 @@ class Outbox:
         )
         self.retry_initial = retry_initial
         self.counter = 0
+        # ids need to be unique, not secret: one seeded generator, no system call per message
+        self._random = random.Random()  # noqa: S311 - seeded from os.urandom by the runtime
         self.next_seq: dict[str, int] = {}
         self.open_seq: dict[str, set[int]] = {}
         self.sending: dict[str, Outgoing] = {}
@@ -150,7 +152,7 @@ class Outbox:
         """A fresh message id and its number (flamesdk's ``{node[:4]}-{n}-{random}`` shape)."""
         number = self.counter
         self.counter += 1
-        return f"{self.node_id[:4]}-{tag}{number}-{uuid.uuid4().hex[:12]}", number
+        return f"{self.node_id[:4]}-{tag}{number}-{self._random.getrandbits(48):012x}", number
 
     def _original_meta(
         self, message_id: str, number: int, category: str, now: Instant
