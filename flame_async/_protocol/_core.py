@@ -79,6 +79,7 @@ def new_epoch(unix_ns: int) -> str:
 _READY_RESEND: Final = 0.25
 """First resend pause of a ready check (peers may still be subscribing)."""
 
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProtocolSettings:
     """The timing rules of one node's protocol.
