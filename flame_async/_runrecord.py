@@ -6,10 +6,10 @@ record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -21,7 +21,13 @@ from .local import DeliveryEvent, LocalPlatform, LogRecord
 if TYPE_CHECKING:
     from .runner import NodeOutcome
 
-__all__ = ["build_run_record", "root_causes", "to_ended_recipients", "write_outputs"]
+__all__ = [
+    "EndJudge",
+    "build_run_record",
+    "root_causes",
+    "to_ended_recipients",
+    "write_outputs",
+]
 
 log = logging.getLogger("flame_async.runner")
 
@@ -37,11 +43,48 @@ class _PoLogs(Protocol):
     def logs(self, node_id: str, /) -> Sequence[LogRecord]: ...
 
 
+class _PoLogsSince(Protocol):
+    def logs_since(self, node_id: str, cursor: int, /) -> tuple[Sequence[LogRecord], int]: ...
+
+
 def _end_of(outcome: NodeOutcome) -> datetime | None:
     """When a node that is no longer running ended (wall clock, UTC); None while it runs."""
     if outcome.running:
         return None
     return outcome.started + timedelta(seconds=outcome.seconds)
+
+
+class _Marks:
+    """Since when a node was active and when it announced its end, from its PO log records
+    (monotonic; ``inf`` until seen). Both are set once, by the first record that shows it."""
+
+    __slots__ = ("active", "announced", "cursor")
+
+    def __init__(self) -> None:
+        self.active = self.announced = math.inf
+        self.cursor = 0  # log records read so far (EndJudge)
+
+    def read(self, records: Iterable[LogRecord]) -> None:
+        if self.announced != math.inf:
+            return
+        for record in records:
+            if self.active == math.inf and record.status not in _NOT_YET_ACTIVE:
+                self.active = record.monotonic
+            if record.status in _ENDED:
+                self.announced = record.monotonic
+                return
+
+
+def _to_ended(
+    event: DeliveryEvent, outcome: NodeOutcome | None, marks: _Marks, subscribed: float
+) -> bool:
+    """The verdict of :func:`to_ended_recipients` for one dropped copy."""
+    end = None if outcome is None else _end_of(outcome)
+    if end is not None and event.time >= end:
+        return True
+    active = min(marks.active, subscribed)
+    left = event.reason == "no subscription" and active <= event.sent_monotonic
+    return left or marks.announced <= event.monotonic
 
 
 def to_ended_recipients(
@@ -65,6 +108,10 @@ def to_ended_recipients(
     Every other dropped copy went to a node that was still running (or still starting): a lost
     message. Delivered copies are always ``False``.
 
+    Costs O(events + the log records of the nodes that copies were dropped to): two passes over
+    the events, each such node's logs read once. :class:`EndJudge` gives the same verdicts one
+    batch of events at a time.
+
     Args:
         platform: The run's platform (its PO logs tell when each node reported what; only its
             ``logs()`` is used).
@@ -77,39 +124,83 @@ def to_ended_recipients(
         if event.subscription_id is not None:
             first = subscribed.get(event.recipient, math.inf)
             subscribed[event.recipient] = min(first, event.sent_monotonic)
-    marks: dict[str, tuple[float, float]] = {}
+    marks: dict[str, _Marks] = {}
 
-    def mark(node_id: str) -> tuple[float, float]:
-        """(since when the node was subscribed, when it announced its end), monotonic."""
-        if node_id not in marks:
-            active = announced = math.inf
-            try:
-                records = platform.logs(node_id)
-            except KeyError:  # not a node of this platform
-                records = []
-            for record in records:
-                if active == math.inf and record.status not in _NOT_YET_ACTIVE:
-                    active = record.monotonic
-                if record.status in _ENDED:
-                    announced = record.monotonic
-                    break
-            marks[node_id] = (min(active, subscribed.get(node_id, math.inf)), announced)
-        return marks[node_id]
+    def mark(node_id: str) -> _Marks:
+        if (found := marks.get(node_id)) is None:
+            found = marks[node_id] = _Marks()
+            with contextlib.suppress(KeyError):  # KeyError: not a node of this platform
+                found.read(platform.logs(node_id))
+        return found
 
     verdicts = []
     for event in events:
         if event.outcome == "delivered":
             verdicts.append(False)
             continue
-        outcome = outcome_of.get(event.recipient)
-        end = None if outcome is None else _end_of(outcome)
-        if end is not None and event.time >= end:
-            verdicts.append(True)
-            continue
-        active, announced = mark(event.recipient)
-        left = event.reason == "no subscription" and active <= event.sent_monotonic
-        verdicts.append(left or announced <= event.monotonic)
+        recipient = event.recipient
+        verdicts.append(
+            _to_ended(
+                event,
+                outcome_of.get(recipient),
+                mark(recipient),
+                subscribed.get(recipient, math.inf),
+            )
+        )
     return verdicts
+
+
+class EndJudge:
+    """:func:`to_ended_recipients` for a reader that takes the deliveries a batch at a time.
+
+    The live view hands each batch of new events to :meth:`see`, then asks :meth:`to_ended`
+    about each dropped copy of it. A node's log records are read only as far as they are new
+    (``logs_since``), when a copy to it is judged. A verdict given while the recipient still
+    ran can change once its outcome is final (it ended before the drop, but the runner had not
+    noted it yet): ask again then.
+
+    Args:
+        platform: Reads the nodes' PO logs since a cursor (``LocalPlatform.logs_since``).
+    """
+
+    def __init__(self, platform: _PoLogsSince) -> None:
+        self._platform = platform
+        self._subscribed: dict[str, float] = {}
+        self._marks: dict[str, _Marks] = {}
+
+    def see(self, events: Iterable[DeliveryEvent]) -> None:
+        """Note which recipients had a subscription when (do this before judging them)."""
+        subscribed = self._subscribed
+        for event in events:
+            if event.subscription_id is not None:
+                first = subscribed.get(event.recipient, math.inf)
+                if event.sent_monotonic < first:
+                    subscribed[event.recipient] = event.sent_monotonic
+
+    def to_ended(self, event: DeliveryEvent, outcome: NodeOutcome | None) -> bool:
+        """Whether ``event`` is a copy dropped because its recipient had already ended.
+
+        Args:
+            event: A delivery event already passed to :meth:`see`.
+            outcome: Its recipient's outcome as far as it is known (None: no such node).
+        """
+        if event.outcome == "delivered":
+            return False
+        recipient = event.recipient
+        marks = self._marks.get(recipient)
+        if marks is None:
+            marks = self._marks[recipient] = _Marks()
+        if marks.announced == math.inf:
+            try:
+                records, marks.cursor = self._platform.logs_since(recipient, marks.cursor)
+            except KeyError:  # not a node of this platform
+                records = ()
+            marks.read(records)
+        return _to_ended(event, outcome, marks, self._subscribed.get(recipient, math.inf))
+
+
+def _sent_at(event: DeliveryEvent) -> float:
+    return event.sent_monotonic
 
 
 def root_causes(outcomes: Sequence[NodeOutcome]) -> list[NodeOutcome]:
@@ -160,21 +251,27 @@ def build_run_record(
 
     and, in chaos mode, ``faults``: the spec (with its seed, to replay the run) and how many
     faults of each kind were injected (None without chaos mode).
+
+    ``messages`` holds the events the broker keeps (the last 100 000) and the drop counts
+    judge those; ``nodes[].messages_*`` and ``bytes_*`` are the broker's running counts, which
+    cover the whole run. Costs O(events + nodes), plus a sort of the events that are nearly in
+    order already.
     """
     messages: list[dict[str, Any]] = []
     seen: set[tuple[str | None, str, str | None]] = set()
-    sent: Counter[str] = Counter()
-    received: Counter[str] = Counter()
-    bytes_sent: Counter[str] = Counter()
-    bytes_received: Counter[str] = Counter()
-    events = sorted(platform.deliveries, key=lambda e: e.sent_monotonic)
+    # "in time order" (docs/run-json.md): the broker keeps them in the order their outcomes
+    # became known, which is nearly the order they were sent, so this sort is about linear
+    events = platform.deliveries
+    events.sort(key=_sent_at)
     ended = to_ended_recipients(platform, outcomes, events)
-    dropped_to_ended = sum(ended)
-    dropped = sum(1 for e in events if e.outcome != "delivered")
+    dropped_to_ended = dropped = 0
     for event, to_ended in zip(events, ended, strict=True):
         # an ack carries the id of the message it answers, in the other direction
         is_ack = (event.recipient, event.sender or "", event.message_id) in seen
         seen.add((event.sender, event.recipient, event.message_id))
+        if event.outcome != "delivered":
+            dropped += 1
+            dropped_to_ended += to_ended
         messages.append(
             {
                 "t": round(event.sent_monotonic - t0, 6),
@@ -189,12 +286,6 @@ def build_run_record(
                 "recipient_ended": to_ended,
             }
         )
-        if event.sender:
-            sent[event.sender] += 1
-            bytes_sent[event.sender] += event.size
-        if event.outcome == "delivered":
-            received[event.recipient] += 1
-            bytes_received[event.recipient] += event.size
 
     progress: dict[str, list[list[Any]]] = {}
     logs: dict[str, list[list[Any]]] = {}
@@ -222,6 +313,8 @@ def build_run_record(
     causes = {o.node_id for o in root_causes(outcomes)}
     nodes = []
     for outcome in outcomes:
+        # the broker's running counts: the whole run, also copies beyond the kept events
+        counts = platform.node_delivery_counts(outcome.node_id)
         error = None
         if outcome.status == "failed":
             error = {
@@ -238,10 +331,10 @@ def build_run_record(
                 "ended": (outcome.started + timedelta(seconds=outcome.seconds)).isoformat(),
                 "seconds": round(outcome.seconds, 6),
                 "progress": platform.progress(outcome.node_id),
-                "messages_sent": sent[outcome.node_id],
-                "messages_received": received[outcome.node_id],
-                "bytes_sent": bytes_sent[outcome.node_id],
-                "bytes_received": bytes_received[outcome.node_id],
+                "messages_sent": counts.sent,
+                "messages_received": counts.received,
+                "bytes_sent": counts.bytes_sent,
+                "bytes_received": counts.bytes_received,
                 "result": _result_repr(outcome.result),
                 "error": error,
                 "waiting_for": outcome.waiting_for,

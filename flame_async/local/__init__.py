@@ -19,12 +19,19 @@ from ._faults import ApiOutage, FaultPlan, Faults
 from ._memory import MemoryTransport
 from ._node import LocalNode, NodeRole
 from ._platform import LocalPlatform, PlatformStateError, TransportKind
-from ._records import DeliveryEvent, DeliveryOutcome, LogRecord
+from ._records import (
+    DeliveryCounts,
+    DeliveryEvent,
+    DeliveryOutcome,
+    LogRecord,
+    NodeDeliveryCounts,
+)
 from ._tokens import InvalidToken
 
 __all__ = [
     "ApiOutage",
     "DataFolderError",
+    "DeliveryCounts",
     "DeliveryEvent",
     "DeliveryOutcome",
     "FaultPlan",
@@ -34,6 +41,7 @@ __all__ = [
     "LocalPlatform",
     "LogRecord",
     "MemoryTransport",
+    "NodeDeliveryCounts",
     "NodeRole",
     "NodeUnreachable",
     "PlatformStateError",

@@ -47,7 +47,7 @@ from ._memory import MemoryTransport
 from ._node import LocalNode
 from ._po import PodOrchestrator
 from ._proxy import AnalysisProxy
-from ._records import DeliveryEvent, LogRecord
+from ._records import DeliveryCounts, DeliveryEvent, LogRecord, NodeDeliveryCounts
 from ._service import NodeService
 from ._storage import StorageService
 from ._tasks import HostedTaskGroup
@@ -402,8 +402,7 @@ class LocalPlatform:
             await serve(shared_handler(gateways), shared_socket, stack)
             shared_url = _http_url(self._host, shared_socket.getsockname()[1])
 
-        for node in nodes:
-            task_group.start_soon(po.watch, node, name=f"PO status loop of {node.node_id}")
+        task_group.start_soon(po.run, name="PO status loop")
         if plan is not None and plan.faults.broker_restarts:
             task_group.start_soon(_restart_broker, broker, plan, name="chaos: broker restarts")
             logger.info("chaos mode: %s", plan.faults.spec())
@@ -621,6 +620,40 @@ class LocalPlatform:
         """
         return list(self._run.broker.events)
 
+    def delivery_counts(self) -> DeliveryCounts:
+        """The broker's running totals: copies recorded, delivered, dropped; O(1), no copy.
+
+        They cover the whole run, also the events :attr:`deliveries` no longer keeps.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+        """
+        return self._run.broker.delivery_log.counts()
+
+    def node_delivery_counts(self, node_id: str) -> NodeDeliveryCounts:
+        """The copies ``node_id`` sent and received so far; O(1), no copy of the events.
+
+        All zero before the node's first message, and for a name that is no node.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+        """
+        return self._run.broker.delivery_log.node_counts(node_id)
+
+    def deliveries_since(self, cursor: int = 0) -> tuple[list[DeliveryEvent], int]:
+        """The delivery events recorded after ``cursor``, oldest first, and the next cursor.
+
+        Events are numbered 1, 2, ... as their outcome becomes known; pass back the cursor
+        this returned to get only what is new, at a cost of O(new events) instead of a copy
+        of all of them (:attr:`deliveries`). When more came than are kept (the last 100 000),
+        the kept ones are returned.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            InvalidArgument: ``cursor`` is negative.
+        """
+        return self._run.broker.delivery_log.since(cursor)
+
     def logs(self, node_id: str) -> list[LogRecord]:
         """The log lines ``node_id`` streamed to the pod orchestrator, oldest first.
 
@@ -633,6 +666,34 @@ class LocalPlatform:
             KeyError: There is no such node.
         """
         return self._run.po.logs(node_id)
+
+    def logs_since(self, node_id: str, cursor: int = 0) -> tuple[list[LogRecord], int]:
+        """The log lines ``node_id`` streamed after ``cursor``, oldest first, and the next cursor.
+
+        Lines are numbered 1, 2, ... as they arrive; pass back the cursor this returned to get
+        only what is new, at a cost of O(new lines) instead of a copy of all of them
+        (:meth:`logs`). When more came than the PO keeps, the kept ones are returned.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            KeyError: There is no such node.
+            InvalidArgument: ``cursor`` is negative.
+        """
+        return self._run.po.logs_since(node_id, cursor)
+
+    def nodes_changed_since(self, cursor: int = 0) -> tuple[list[str], int]:
+        """The nodes that streamed a log line or changed status after ``cursor``, and the next
+        cursor.
+
+        Changes are numbered 1, 2, ... across all nodes; pass back the cursor this returned to
+        learn which nodes to look at again (:meth:`logs_since`, :meth:`status`), at a cost of
+        O(nodes changed) instead of a look at every node. Least recently changed first.
+
+        Raises:
+            PlatformStateError: The platform has not been entered.
+            InvalidArgument: ``cursor`` is negative.
+        """
+        return self._run.po.changed_since(cursor)
 
     def status(self, node_id: str) -> str | None:
         """The node's last status (from its logs, or a terminal one from its ``/healthz``).

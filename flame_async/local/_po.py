@@ -1,9 +1,14 @@
-"""The pod orchestrator (PROTOCOL.md §5): log intake and the status loop per node.
+"""The pod orchestrator (PROTOCOL.md §5): log intake and the status loop of every node.
 
-``POST /po/stream_logs`` stores each log line and the node's reported status and progress. A loop
-per node, every ``interval`` seconds, does what the real PO's status loop does: tell the node
+``POST /po/stream_logs`` stores each log line and the node's reported status and progress. Every
+``interval`` seconds the status loop does for each node what the real PO's does: tell the node
 its partners' statuses (``/partner_status``), read its ``/healthz`` and refresh its token shortly
-before it expires (``/token_refresh``). The loop stops once the node's status is terminal.
+before it expires (``/token_refresh``). A node gets no more rounds once its status is terminal.
+
+The loop is one scheduler task, not a task per node, so that an interval costs O(N) with
+10 000 nodes in one process: the rounds go out in groups of about 64 spread over the interval,
+at most 128 run at once (in short-lived tasks), and the statuses are encoded once per change,
+each node's ``/partner_status`` body cut from that one encoding (its own entry left out).
 
 Locally the ``/partner_status`` keys are node ids; the real Hub sends analysis-node record ids.
 
@@ -24,13 +29,16 @@ Limits (a log entry is one request's ``log``, one :class:`~flame_async.local.Log
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import orjson
@@ -38,6 +46,7 @@ from pydantic import ValidationError
 
 from .._transport import Request, Response
 from .._wire import HealthAnswer, StreamLog
+from ..errors import InvalidArgument
 from ._core import NodeUnreachable, PlatformCore
 from ._http import (
     Call,
@@ -67,6 +76,13 @@ _MAX_ENTRY_CHARS: Final = 64 * 1024
 _MAX_ENTRY_LINES: Final = 1000
 _MAX_ENTRIES: Final = 20_000
 _MAX_KEPT_CHARS: Final = 16 << 20
+_MAX_ROUNDS_AT_ONCE: Final = 128  # half the platform's HTTP connections; the rest deliver
+# The scheduler wakes often enough for about this many rounds each time (a wake-up costs more
+# than a round in memory), but at most every _MIN_TICK seconds and at least once an interval.
+_ROUNDS_PER_TICK: Final = 64
+_MIN_TICK: Final = 0.05
+_PARTNERS_HEAD: Final = b'{"partner_status":{'
+_PARTNERS_TAIL: Final = b"}}"
 
 
 @dataclass(slots=True)
@@ -78,6 +94,8 @@ class _NodeState:
     health: str | None = None
     token_refreshes: int = 0
     kept_chars: int = 0  # of the log texts in ``logs``
+    logged: int = 0  # entries ever stored: the number of the last one (``logs_since``)
+    in_round: bool = False  # a status round is queued or running
 
 
 def _cut(text: str) -> str:
@@ -125,12 +143,46 @@ class PodOrchestrator:
             node_id: _NodeState(token=node.env["KEYCLOAK_TOKEN"], logs=deque(maxlen=max_logs))
             for node_id, node in core.nodes.items()
         }
+        # each node's `"id":status` JSON, updated as statuses change; joined at most once a tick
+        self._index = {node_id: i for i, node_id in enumerate(self._states)}
+        self._entries = [_entry(node_id, None) for node_id in self._states]
+        self._entries_changed = True
+        self._joined = memoryview(b"")
+        self._offsets: list[int] = []  # _offsets[i]: bytes of the entries before entry i
+        self._join_entries()
+        self._changes = 0  # log entries and status changes so far, every node's
+        self._changed: dict[str, int] = {}  # node: number of its last change; oldest first
+        self._backlog: deque[str] = deque()  # rounds due while _MAX_ROUNDS_AT_ONCE ran
+        self._rounds_running = 0
 
     # -- what the platform reads ---------------------------------------------------------------
 
     def logs(self, node_id: str) -> list[LogRecord]:
         """The log entries ``node_id`` streamed, oldest first (the last ones the PO keeps)."""
         return list(self._states[node_id].logs)
+
+    def logs_since(self, node_id: str, cursor: int) -> tuple[list[LogRecord], int]:
+        """The log entries ``node_id`` streamed after entry number ``cursor``, and the new cursor.
+
+        Entries are numbered 1, 2, ... as they arrive; the answer costs O(new entries). When
+        more arrived than are kept, the kept ones are returned.
+
+        Raises:
+            KeyError: There is no such node.
+            InvalidArgument: ``cursor`` is negative.
+        """
+        state = self._states[node_id]
+        if cursor < 0:
+            raise InvalidArgument(f"a log cursor is 0 or more, got {cursor}")
+        logs, logged = state.logs, state.logged
+        new = logged - cursor
+        if new <= 0:
+            return [], logged
+        if new >= len(logs):
+            return list(logs), logged
+        tail = list(itertools.islice(reversed(logs), new))
+        tail.reverse()
+        return tail, logged
 
     def status(self, node_id: str) -> str | None:
         """The node's last reported status (``None`` before it reported any)."""
@@ -151,6 +203,31 @@ class PodOrchestrator:
     def token(self, node_id: str) -> str:
         """The node's current token (the last one sent to ``/token_refresh``)."""
         return self._states[node_id].token
+
+    def changed_since(self, cursor: int) -> tuple[list[str], int]:
+        """The nodes that streamed a log entry or changed status after change number ``cursor``
+        (least recently changed first), and the new cursor.
+
+        Changes are numbered 1, 2, ... across all nodes; the answer costs O(nodes changed).
+
+        Raises:
+            InvalidArgument: ``cursor`` is negative.
+        """
+        if cursor < 0:
+            raise InvalidArgument(f"a change cursor is 0 or more, got {cursor}")
+        changed = self._changed
+        found = []
+        for node_id in reversed(changed):
+            if changed[node_id] <= cursor:
+                break
+            found.append(node_id)
+        found.reverse()
+        return found, self._changes
+
+    def _touch(self, node_id: str) -> None:
+        self._changes += 1
+        self._changed.pop(node_id, None)  # to the end: the dict stays in order of changes
+        self._changed[node_id] = self._changes
 
     # -- gateway -------------------------------------------------------------------------------
 
@@ -199,36 +276,88 @@ class PodOrchestrator:
                 time=datetime.now(UTC),
             )
         )
+        state.logged += 1
         state.kept_chars += len(text)
         while state.kept_chars > self._max_log_chars and len(logs) > 1:
             state.kept_chars -= len(logs.popleft().log)
-        state.status = entry.status
+        self._set_status(node_id, state, entry.status)
+        self._touch(node_id)
         state.progress = max(state.progress, entry.progress)
         logger.debug("%s [%s] %s", node_id, entry.log_type, text)
         return json_response(None)
 
     # -- status loop ---------------------------------------------------------------------------
 
-    async def watch(self, node: LocalNode) -> None:
-        """Run the status loop of ``node`` until its status is terminal.
+    async def run(self) -> None:
+        """Run the status loop of every node until each node's status is terminal.
 
-        A round that fails unexpectedly is logged and the loop goes on.
+        One task schedules the rounds: each node has its first round ``interval`` seconds
+        after the start or a little later, then one every ``interval`` seconds. Up to 64 nodes
+        go all at once; more are split into groups of about 64 spread over the interval (the
+        scheduler sleeps at least 0.05 s between wake-ups, or an interval if that is shorter).
+        At most 128 rounds run at once, each in a short-lived task that goes on with the next
+        waiting round; a node whose round has not ended when the next is due skips that one. A
+        node whose status is terminal gets no more rounds. A round that fails unexpectedly is
+        logged and the loop goes on.
 
-        Cancellation: stops the loop at once (the platform cancels it on exit).
+        Cancellation: stops the loop at once, rounds in flight included (the platform cancels
+        it on exit).
         """
-        state = self._states[node.node_id]
-        while state.status not in TERMINAL_STATUSES:
-            await anyio.sleep(self._interval)
-            try:
-                await self._round(node.node_id, state)
-            except Exception:  # loop supervisor: one bad round must not end the loop
-                logger.warning("status round for %s failed", node.node_id, exc_info=True)
+        order = list(self._states)
+        if not order:
+            return
+        interval = self._interval
+        start = anyio.current_time()
+        n = len(order)
+        tick = min(interval, max(_MIN_TICK, interval * _ROUNDS_PER_TICK / n))
+        slots = math.ceil(interval / tick - 1e-9)  # groups per interval
+        # (when, node index): sorted, hence a heap
+        due = [(start + interval + (i * slots // n) * tick, i) for i in range(n)]
+        async with anyio.create_task_group() as tg:
+            woke = -math.inf
+            while due:
+                await anyio.sleep_until(max(due[0][0], woke + tick))
+                now = woke = anyio.current_time()
+                self._join_entries()
+                while due and due[0][0] <= now:
+                    at, i = due[0]
+                    node_id = order[i]
+                    state = self._states[node_id]
+                    if state.status in TERMINAL_STATUSES:
+                        heapq.heappop(due)
+                        continue
+                    if not state.in_round:
+                        state.in_round = True
+                        if self._rounds_running < _MAX_ROUNDS_AT_ONCE:
+                            self._rounds_running += 1
+                            tg.start_soon(self._rounds, node_id, name="PO status round")
+                        else:
+                            self._backlog.append(node_id)
+                    at += interval
+                    if at <= now:  # the loop fell behind: skip what was missed, keep the phase
+                        at += interval * (math.floor((now - at) / interval) + 1)
+                    heapq.heapreplace(due, (at, i))
+
+    async def _rounds(self, node_id: str) -> None:
+        """Run the round of ``node_id``, then those waiting in the backlog, if any."""
+        try:
+            while True:
+                state = self._states[node_id]
+                try:
+                    if state.status not in TERMINAL_STATUSES:
+                        await self._round(node_id, state)
+                except Exception:  # loop supervisor: one bad round must not end the loop
+                    logger.warning("status round for %s failed", node_id, exc_info=True)
+                finally:
+                    state.in_round = False
+                if not self._backlog:
+                    return
+                node_id = self._backlog.popleft()
+        finally:
+            self._rounds_running -= 1
 
     async def _round(self, node_id: str, state: _NodeState) -> None:
-        partners = {
-            other: self._states[other].status for other in self._core.nodes if other != node_id
-        }
-        await self._post(node_id, "/partner_status", {"partner_status": partners})
+        await self._post(node_id, "/partner_status", self._partner_body(node_id))
 
         reply = await self._healthz(node_id)
         if reply is None:
@@ -236,17 +365,43 @@ class PodOrchestrator:
             return
         state.health = reply.status
         if reply.status in TERMINAL_STATUSES and state.status not in TERMINAL_STATUSES:
-            state.status = reply.status
+            self._set_status(node_id, state, reply.status)
+            self._touch(node_id)
         if reply.token_remaining_time < self._refresh_below:
             token = self._core.issuer.mint(node_id)
-            if await self._post(node_id, "/token_refresh", {"token": token}):
+            if await self._post(node_id, "/token_refresh", orjson.dumps({"token": token})):
                 state.token = token
                 state.token_refreshes += 1
 
-    async def _post(self, node_id: str, path: str, body: dict[str, Any]) -> bool:
-        """POST ``body`` to the node's API; True on a 2xx answer. Failures are normal while a
-        node starts."""
-        request = Request("POST", path, headers=_JSON, body=orjson.dumps(body))
+    def _set_status(self, node_id: str, state: _NodeState, status: str) -> None:
+        if state.status != status:
+            state.status = status
+            self._entries[self._index[node_id]] = _entry(node_id, status)
+            self._entries_changed = True
+
+    def _join_entries(self) -> None:
+        """Encode every node's status once more if one changed (C-level joins, O(N))."""
+        if not self._entries_changed:
+            return
+        self._entries_changed = False
+        self._joined = memoryview(b",".join(self._entries))
+        self._offsets = list(itertools.accumulate(map(len, self._entries), initial=0))
+
+    def _partner_body(self, node_id: str) -> bytes:
+        """``{"partner_status": {...}}`` with every other node's status as last joined."""
+        i = self._index[node_id]
+        start = self._offsets[i] + i  # i commas before entry i
+        end = self._offsets[i + 1] + i
+        joined = self._joined
+        if i == 0:  # leave out the entry and the comma after it (if any)
+            return b"".join((_PARTNERS_HEAD, joined[end + 1 :], _PARTNERS_TAIL))
+        # ... or the comma before it
+        return b"".join((_PARTNERS_HEAD, joined[: start - 1], joined[end:], _PARTNERS_TAIL))
+
+    async def _post(self, node_id: str, path: str, body: bytes) -> bool:
+        """POST the JSON ``body`` to the node's API; True on a 2xx answer. Failures are normal
+        while a node starts."""
+        request = Request("POST", path, headers=_JSON, body=body)
         try:
             async with self._core.call_node(node_id, request, timeout=self._timeout) as answer:
                 await answer.read()
@@ -285,6 +440,11 @@ class PodOrchestrator:
                     status = value.get("status")
                     return HealthAnswer(status=status if isinstance(status, str) else "unknown")
         return None
+
+
+def _entry(node_id: str, status: str | None) -> bytes:
+    """``"node_id":status`` as in the JSON object of ``/partner_status``."""
+    return orjson.dumps(node_id) + b":" + orjson.dumps(status)
 
 
 _JSON = {"content-type": "application/json", "accept": "application/json"}

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -24,7 +28,14 @@ import pytest
 from rich.console import Console
 
 from flame_async._live import LiveView, _Frame, _Row, _Traffic, _traffic_line
-from flame_async.local import LocalPlatform
+from flame_async.local import (
+    DeliveryCounts,
+    DeliveryEvent,
+    DeliveryOutcome,
+    LocalPlatform,
+    LogRecord,
+    NodeDeliveryCounts,
+)
 from flame_async.runner import NodeOutcome, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +137,197 @@ def test_drops_to_ended_nodes_are_counted_apart_and_only_lost_ones_are_red() -> 
     assert "dropped" not in quiet
 
 
+# --- what an update costs: what changed, not what the run recorded ------------------------------
+
+T0 = 1000.0  # monotonic seconds of the fake run's start
+WALL0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+class _Tty(io.StringIO):
+    """A terminal for rich: every redraw is written (off a terminal only the last is)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@dataclass
+class _FakePlatform:
+    """Stands in for a LocalPlatform of many nodes and counts what the view reads."""
+
+    nodes: int
+    events: list[DeliveryEvent] = field(default_factory=list)
+    records: dict[str, list[LogRecord]] = field(default_factory=dict)  # the PO's, per node
+    changes: list[str] = field(default_factory=list)  # the node of each PO change
+    taken: int = 0  # delivery events handed out
+    reads: Counter[str] = field(default_factory=Counter)
+
+    def node_ids(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.nodes + 1)]
+
+    def deliver(self, sender: str, recipient: str, at: float, outcome: DeliveryOutcome) -> None:
+        dropped = outcome == "dropped"
+        self.events.append(
+            DeliveryEvent(
+                sender=sender,
+                recipient=recipient,
+                subscription_id=None if dropped else "s",
+                category="c",
+                message_id=f"m{len(self.events)}",
+                size=10,
+                outcome=outcome,
+                attempts=0 if dropped else 1,
+                status=None if dropped else 200,
+                reason="HTTP 503" if dropped else "",
+                sent_monotonic=at,
+                monotonic=at,
+                time=WALL0 + timedelta(seconds=at - T0),
+            )
+        )
+
+    def log(self, node: str, text: str, at: float, status: str = "executing") -> None:
+        record = LogRecord(node, text, "info", status, 50, at, WALL0 + timedelta(seconds=at - T0))
+        self.records.setdefault(node, []).append(record)
+        self.changes.append(node)
+
+    # what LiveView reads
+    @property
+    def deliveries(self) -> list[DeliveryEvent]:
+        raise AssertionError("the view copied every delivery event")
+
+    def deliveries_since(self, cursor: int, /) -> tuple[list[DeliveryEvent], int]:
+        self.reads["deliveries_since"] += 1
+        new = self.events[cursor:]
+        self.taken += len(new)
+        return new, len(self.events)
+
+    def delivery_counts(self) -> DeliveryCounts:
+        self.reads["delivery_counts"] += 1
+        delivered = sum(1 for e in self.events if e.outcome == "delivered")  # the fake's cost
+        return DeliveryCounts(len(self.events), delivered, len(self.events) - delivered, 0)
+
+    def node_delivery_counts(self, node_id: str, /) -> NodeDeliveryCounts:
+        self.reads["node_delivery_counts"] += 1
+        return NodeDeliveryCounts(sent_delivered=1, received=2)
+
+    def nodes_changed_since(self, cursor: int, /) -> tuple[list[str], int]:
+        self.reads["nodes_changed_since"] += 1
+        return list(dict.fromkeys(self.changes[cursor:])), len(self.changes)
+
+    def logs_since(self, node_id: str, cursor: int, /) -> tuple[list[LogRecord], int]:
+        self.reads["logs_since"] += 1
+        records = self.records.get(node_id, [])
+        return records[cursor:], len(records)
+
+    def logs(self, node_id: str, /) -> list[LogRecord]:
+        raise AssertionError("the view copied a node's every log record")
+
+    def status(self, node_id: str, /) -> str | None:
+        records = self.records.get(node_id)
+        return records[-1].status if records else None
+
+    def progress(self, node_id: str, /) -> int:
+        return 50 if self.records.get(node_id) else 0
+
+    def blocked(self, node_id: str, /) -> None:
+        return None
+
+
+def _running(platform: _FakePlatform) -> list[NodeOutcome]:
+    return [
+        NodeOutcome(node, "aggregator" if i == 0 else "default", status="running", started=WALL0)
+        for i, node in enumerate(platform.node_ids())
+    ]
+
+
+async def test_an_update_of_a_thousand_nodes_takes_only_what_is_new() -> None:
+    platform = _FakePlatform(1000)
+    nodes = platform.node_ids()
+    for i in range(100_000):
+        platform.deliver(nodes[i % 1000], nodes[(i + 1) % 1000], T0 + i / 1e4, "delivered")
+    for node in nodes:
+        platform.log(node, "started", T0)
+    outcomes = _running(platform)
+    stream = _Tty()
+    view = LiveView(stream, rich=True, width=80, refresh_per_second=math.inf)
+    reads: list[Counter[str]] = []
+    try:
+        await view(platform, outcomes)
+        first = len(stream.getvalue())
+        for tick in range(20):  # a few new copies and one node's log line per update
+            for i in range(5):
+                platform.deliver("node-1", nodes[i + 1], T0 + 20 + tick, "delivered")
+            platform.log(nodes[tick], f"step {tick}", T0 + 20 + tick)
+            platform.reads.clear()
+            await view(platform, outcomes)
+            reads.append(platform.reads.copy())
+        drawn = len(stream.getvalue())
+        await view(platform, outcomes)  # nothing new: nothing redrawn
+        again = len(stream.getvalue())
+    finally:
+        view.close()
+
+    assert first > 0 and drawn > first  # it drew the table, then each change
+    assert again == drawn
+    assert platform.taken == len(platform.events)  # each event was handed out once
+    for counts in reads:  # the new events and log lines only; rows of the few nodes shown
+        assert counts["deliveries_since"] == 1
+        assert counts["logs_since"] == 1
+        assert counts["node_delivery_counts"] <= 10
+
+
+async def test_above_fifty_nodes_the_table_counts_statuses_and_shows_who_is_behind() -> None:
+    platform = _FakePlatform(1000)
+    nodes = platform.node_ids()
+    for node in nodes:
+        platform.log(node, "started", T0)
+    platform.log("node-7", "boom", T0 + 1, status="failed")
+    outcomes = _running(platform)
+    for outcome in outcomes[500:]:
+        outcome.status = "executed"
+    outcomes[6].status = "failed"
+    view = LiveView(io.StringIO(), rich=True, width=80, refresh_per_second=math.inf)
+    try:
+        await view(platform, outcomes)
+        lines = _render(view._frame(platform, outcomes, closing=False), 80)
+    finally:
+        view.close()
+
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0] == "messages: 0 delivered"
+    assert lines[1] == "nodes: 1,000 (1 failed, 499 executing, 500 executed)"
+    rows = _rows(lines)
+    assert len(rows) == 10
+    assert rows[0][:3] == ["node-7", "default", "failed"]  # the failed node first
+    assert all(r[2] == "executing" for r in rows[1:])
+
+
+async def test_a_copy_judged_lost_is_recounted_once_its_recipient_turns_out_to_have_ended() -> None:
+    """The runner notes a node's end a little after it happened: a copy dropped in between
+    looked lost, until the node's end time shows it came after."""
+    platform = _FakePlatform(60)
+    platform.log("node-2", "working", T0)
+    outcomes = _running(platform)
+    view = LiveView(io.StringIO(), rich=True, width=80, refresh_per_second=math.inf)
+    try:
+        await view(platform, outcomes)
+        platform.deliver("node-1", "node-2", T0 + 5, "dropped")  # node-2 had ended at T0 + 4
+        platform.deliver("node-1", "node-3", T0 + 5, "dropped")  # node-3 still runs: lost
+        await view(platform, outcomes)
+        before = _traffic(view, platform, outcomes)
+        outcomes[1].status, outcomes[1].seconds = "executed", 4.0
+        await view(platform, outcomes)
+        after = _traffic(view, platform, outcomes)
+    finally:
+        view.close()
+
+    assert before == "messages: 0 delivered, 2 dropped"
+    assert after == "messages: 0 delivered, 1 to nodes that had ended, 1 dropped"
+
+
+def _traffic(view: LiveView, platform: _FakePlatform, outcomes: Sequence[NodeOutcome]) -> str:
+    return _render(view._frame(platform, outcomes, closing=False), 80)[0]
+
+
 # --- whole runs --------------------------------------------------------------------------------
 
 
@@ -214,14 +416,16 @@ async def test_a_node_whose_loop_is_blocked_shows_so_with_its_line(tmp_path: Pat
     block lasts, the table shows the node as blocked and where, and the plain lines say it
     once."""
     plain = io.StringIO()
-    view = LiveView(plain, rich=False)
+    view = LiveView(plain, rich=False, refresh_per_second=math.inf)  # looks at every update
+    tables = LiveView(io.StringIO(), rich=True, width=80, refresh_per_second=math.inf)
     table: list[str] = []
 
     async def observer(platform: LocalPlatform, outcomes: list[NodeOutcome]) -> None:
         await view(platform, outcomes)
         report = platform.blocked("node-1")
         if report is not None and report.ongoing:
-            table[:] = _render(LiveView._frame(platform, outcomes, closing=False), 80)
+            tables._take(platform, outcomes)
+            table[:] = _render(tables._frame(platform, outcomes, closing=False), 80)
             scope.cancel()
 
     with anyio.fail_after(60), anyio.CancelScope() as scope:
@@ -231,6 +435,7 @@ async def test_a_node_whose_loop_is_blocked_shows_so_with_its_line(tmp_path: Pat
             )
         finally:
             view.close()
+            tables.close()
     assert scope.cancelled_caught
 
     rows = {r[0]: r for r in _rows(table)}

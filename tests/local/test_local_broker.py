@@ -319,3 +319,31 @@ async def test_broker_healthz_needs_no_token(gateway: MakeGateway) -> None:
     gw: Gateway = gateway("node-1")
     async with gw.http.get(gw.url("/message-broker/healthz")) as response:
         assert response.status == 200
+
+
+async def test_delivery_counts_and_cursor_agree_with_the_recorded_events(
+    platform: LocalPlatform, gateway: MakeGateway, start_api: StartApi
+) -> None:
+    await start_api(platform.node("node-1"))
+    await gateway("node-1").subscribe()  # node-3 has no subscription: its copies are dropped
+    gw: Gateway = gateway("node-2")
+    async with gw.http.post(
+        gw.broker("/messages/broadcast"), json={"message": MESSAGE}, headers=gw.auth
+    ) as response:
+        assert response.status == 202
+    await eventually(lambda: len(platform.deliveries) == 2)
+
+    events, cursor = platform.deliveries_since(0)
+    assert (events, cursor) == (platform.deliveries, 2)
+    counts = platform.delivery_counts()
+    assert (counts.events, counts.delivered, counts.dropped) == (2, 1, 1)
+    size = events[0].size
+    assert counts.bytes_delivered == size
+    sender = platform.node_delivery_counts("node-2")
+    assert (sender.sent, sender.sent_delivered, sender.sent_dropped) == (2, 1, 1)
+    assert sender.bytes_sent == 2 * size
+    assert (sender.received, sender.dropped) == (0, 0)
+    assert platform.node_delivery_counts("node-1").received == 1
+    assert platform.node_delivery_counts("node-1").bytes_received == size
+    assert platform.node_delivery_counts("node-3").dropped == 1
+    assert platform.deliveries_since(cursor) == ([], 2)

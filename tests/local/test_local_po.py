@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
 import pytest
 
 from flame_async._jwt import decode_claims
+from flame_async.errors import InvalidArgument
 from flame_async.local import LocalPlatform
 
 from .helpers import Gateway, MakeGateway, StartApi, StartPlatform, eventually
@@ -160,3 +162,50 @@ async def test_status_loop_stops_after_a_terminal_log_status(
     await eventually(lambda: len(apis["node-1"].on("/healthz")) >= others + 5)
     assert len(apis["node-3"].on("/healthz")) <= polls + 1  # at most the round in flight
     assert platform.status("node-3") == "failed"
+
+
+async def test_every_node_gets_the_statuses_of_all_others_and_not_its_own(
+    start_platform: StartPlatform, start_api: StartApi
+) -> None:
+    """Each body is cut from one encoding of every status: first, middle and last node."""
+    platform: LocalPlatform = await start_platform(4, po_interval=0.01)
+    apis = {node.node_id: await start_api(node) for node in platform.nodes}
+
+    await eventually(lambda: all(api.on("/partner_status") for api in apis.values()))
+
+    for node_id, api in apis.items():
+        body = api.on("/partner_status")[0].json()
+        assert body == {"partner_status": {n: None for n in apis if n != node_id}}, node_id
+
+
+async def test_the_status_loop_is_one_task_whatever_the_number_of_nodes(
+    start_platform: StartPlatform,
+) -> None:
+    await start_platform(40, po_interval=3600.0)
+
+    loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("PO status")]
+
+    assert len(loops) == 1
+
+
+async def test_logs_since_and_nodes_changed_since_hand_out_only_what_is_new(
+    platform: LocalPlatform, gateway: MakeGateway
+) -> None:
+    assert platform.nodes_changed_since(0) == ([], 0)
+    for text in ("a", "b"):
+        assert (await stream(gateway("node-2"), log=text))[0] == 200
+    assert (await stream(gateway("node-1"), log="c"))[0] == 200
+
+    changed, cursor = platform.nodes_changed_since(0)
+    assert (changed, cursor) == (["node-2", "node-1"], 3)
+    records, seen = platform.logs_since("node-2", 0)
+    assert ([r.log for r in records], seen) == (["a", "b"], 2)
+
+    assert (await stream(gateway("node-2"), log="d"))[0] == 200
+    assert platform.nodes_changed_since(cursor) == (["node-2"], 4)
+    records, seen = platform.logs_since("node-2", seen)
+    assert ([r.log for r in records], seen) == (["d"], 3)
+    assert platform.logs_since("node-2", seen) == ([], 3)
+    assert platform.nodes_changed_since(4) == ([], 4)
+    with pytest.raises(InvalidArgument):
+        platform.logs_since("node-2", -1)

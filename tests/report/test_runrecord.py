@@ -3,6 +3,7 @@ failures marked as root causes or consequences."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flame_async._runrecord import to_ended_recipients
+from flame_async._runrecord import EndJudge, to_ended_recipients
 from flame_async.local import DeliveryEvent, DeliveryOutcome, LogRecord
 from flame_async.runner import NodeOutcome, run_script
 
@@ -136,6 +137,66 @@ def test_delivered_copies_and_unknown_recipients() -> None:
     ]
 
     assert to_ended_recipients(logs, [_outcome("node-2", "running")], events) == [False, False]
+
+
+@dataclass
+class _CountingLogs(_Logs):
+    """:class:`_Logs` that counts reads, and serves ``logs_since`` too."""
+
+    reads: Counter[str] = field(default_factory=Counter)
+
+    def logs(self, node_id: str, /) -> Sequence[LogRecord]:
+        self.reads[node_id] += 1
+        return super().logs(node_id)
+
+    def logs_since(self, node_id: str, cursor: int, /) -> tuple[Sequence[LogRecord], int]:
+        records = super().logs(node_id)
+        return records[cursor:], len(records)
+
+
+def test_each_recipients_logs_are_read_once_however_many_copies_it_lost() -> None:
+    logs = _CountingLogs(
+        {n: [_record(n, T0 + 0.1, "executing")] for n in ("node-2", "node-3", "node-4")}
+    )
+    events = [
+        _event(f"node-{2 + i % 3}", T0 + 1 + i / 1000, reason="HTTP 503") for i in range(3000)
+    ]
+
+    verdicts = to_ended_recipients(logs, [_outcome("node-2", "running")], events)
+
+    assert verdicts == [False] * 3000
+    assert logs.reads == {"node-2": 1, "node-3": 1, "node-4": 1}
+
+
+def test_judging_batch_by_batch_gives_the_verdicts_of_judging_all_at_once() -> None:
+    logs = _CountingLogs(
+        {
+            "node-2": [],
+            "node-3": [_record("node-3", T0 + 0.1, "executing")],
+            "node-4": [_record("node-4", T0 + 0.1, "executing")],
+        }
+    )
+    events = [
+        _event("node-2", T0 + 0.1, outcome="delivered", subscription="s-2"),
+        _event("node-2", T0 + 0.5),  # it had subscribed: it left
+        _event("node-3", T0 + 0.5),  # it had reported executing: it left
+        _event("node-4", T0 + 0.6, reason="HTTP 503", subscription="s", dropped_at=T0 + 0.8),
+        _event("node-4", T0 + 0.9, reason="HTTP 503", subscription="s", dropped_at=T0 + 1.1),
+        _event("node-5", T0 + 1.0),  # no node of the platform
+    ]
+    outcomes = [_outcome(n, "running") for n in ("node-2", "node-3", "node-4")]
+    judge = EndJudge(logs)
+    verdicts = []
+    for i, event in enumerate(events):
+        if i == 4:  # node-4 announces its end between two of its copies
+            logs.records["node-4"].append(_record("node-4", T0 + 1.0, "executed"))
+        judge.see([event])
+        verdicts.append(
+            judge.to_ended(event, next((o for o in outcomes if o.node_id == event.recipient), None))
+        )
+
+    assert verdicts == to_ended_recipients(logs, outcomes, events)
+    assert verdicts == [False, True, True, False, True, False]
 
 
 # --- real runs ---------------------------------------------------------------------------------
