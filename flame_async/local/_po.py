@@ -81,6 +81,12 @@ _MAX_ROUNDS_AT_ONCE: Final = 128  # half the platform's HTTP connections; the re
 # than a round in memory), but at most every _MIN_TICK seconds and at least once an interval.
 _ROUNDS_PER_TICK: Final = 64
 _MIN_TICK: Final = 0.05
+FULL_PARTNER_STATUS_UP_TO: Final = 256
+"""Up to this many nodes, ``/partner_status`` lists every other node, as the real PO does;
+above, only those in a status a node acts on (see ``_ACTED_ON``): the SDKs adopt a partner's
+ended status and ignore the others, and a full list to each of N nodes would cost O(N^2) per
+interval (10^8 entries every 10 s at 10,000 nodes)."""
+_ACTED_ON: Final = frozenset({"executed", "stopped", "stopping", "failed"})
 _PARTNERS_HEAD: Final = b'{"partner_status":{'
 _PARTNERS_TAIL: Final = b"}}"
 
@@ -147,6 +153,7 @@ class PodOrchestrator:
         self._index = {node_id: i for i, node_id in enumerate(self._states)}
         self._entries = [_entry(node_id, None) for node_id in self._states]
         self._entries_changed = True
+        self._acted_on: dict[str, bytes] = {}  # the entries of nodes in a status in _ACTED_ON
         self._joined = memoryview(b"")
         self._offsets: list[int] = []  # _offsets[i]: bytes of the entries before entry i
         self._join_entries()
@@ -376,8 +383,13 @@ class PodOrchestrator:
     def _set_status(self, node_id: str, state: _NodeState, status: str) -> None:
         if state.status != status:
             state.status = status
-            self._entries[self._index[node_id]] = _entry(node_id, status)
+            entry = _entry(node_id, status)
+            self._entries[self._index[node_id]] = entry
             self._entries_changed = True
+            if status in _ACTED_ON:
+                self._acted_on[node_id] = entry
+            else:
+                self._acted_on.pop(node_id, None)
 
     def _join_entries(self) -> None:
         """Encode every node's status once more if one changed (C-level joins, O(N))."""
@@ -388,7 +400,12 @@ class PodOrchestrator:
         self._offsets = list(itertools.accumulate(map(len, self._entries), initial=0))
 
     def _partner_body(self, node_id: str) -> bytes:
-        """``{"partner_status": {...}}`` with every other node's status as last joined."""
+        """``{"partner_status": {...}}`` with every other node's status as last joined; above
+        :data:`FULL_PARTNER_STATUS_UP_TO` nodes only the partners in a status a node acts on
+        (ended or stopping), so that an interval stays O(N) and not O(N^2)."""
+        if len(self._entries) > FULL_PARTNER_STATUS_UP_TO:
+            others = [entry for other, entry in self._acted_on.items() if other != node_id]
+            return b"".join((_PARTNERS_HEAD, b",".join(others), _PARTNERS_TAIL))
         i = self._index[node_id]
         start = self._offsets[i] + i  # i commas before entry i
         end = self._offsets[i + 1] + i

@@ -209,3 +209,21 @@ async def test_logs_since_and_nodes_changed_since_hand_out_only_what_is_new(
     assert platform.nodes_changed_since(4) == ([], 4)
     with pytest.raises(InvalidArgument):
         platform.logs_since("node-2", -1)
+
+
+async def test_above_256_nodes_partner_status_lists_only_nodes_in_a_status_acted_on(
+    start_platform: StartPlatform, start_api: StartApi, http: aiohttp.ClientSession
+) -> None:
+    """A full list to each of N nodes costs O(N^2) per interval: at scale only the partners a
+    node would adopt a status from are listed (ended or stopping)."""
+    platform: LocalPlatform = await start_platform(300, po_interval=0.01)
+    api = await start_api(platform.node("node-1"))
+    await eventually(lambda: api.on("/partner_status"))
+    assert api.on("/partner_status")[0].json() == {"partner_status": {}}
+
+    assert (await stream(Gateway(http, platform, platform.node("node-3")), status="failed"))[
+        0
+    ] == 200
+    await eventually(
+        lambda: api.on("/partner_status")[-1].json() == {"partner_status": {"node-3": "failed"}}
+    )
