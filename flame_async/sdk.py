@@ -467,7 +467,7 @@ class FlameSDK:
             return
         broker = ready.result()
         for node, status in statuses.items():
-            if status in ("failed", "stopped"):
+            if status in ("executed", "failed", "stopped"):
                 broker.close_peer(node, status, "reported by the platform")
         own = self.status.status
         if own in (RunStatus.FAILED, RunStatus.STOPPED):

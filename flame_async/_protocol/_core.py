@@ -76,6 +76,8 @@ def new_epoch(unix_ns: int) -> str:
     return f"{unix_ns:016x}-{uuid.uuid4().hex[:8]}"
 
 
+_END_NOTICES: Final = frozenset({Category.ANALYSIS_FINISHED, Category.NODE_STATUS})
+"""What a node sends to say the analysis or the node has ended."""
 _READY_RESEND: Final = 0.25
 """First resend pause of a ready check (peers may still be subscribing)."""
 
@@ -816,6 +818,17 @@ class NodeProtocol:
             self._emit(PeerEnded(failure))
             if waiters := self.mailbox.waiters_for(node_id, None):
                 self._emit(Wake(waiters))
+            # an end notice (analysis_finished, a node status) to a node that has ended has
+            # done its work: it is settled as acknowledged instead of resent to a node that
+            # refuses everything (an analysis_finished whose ack was lost waited its 30 s).
+            # Other messages keep waiting: an ended node may have taken them, its ack lost.
+            for out in [
+                o
+                for o in self.outbox.sending.values()
+                if node_id in o.pending and o.category in _END_NOTICES
+            ]:
+                if self.outbox.settle_receiver(out, node_id, None):
+                    self._settled_if_done(out)
 
     def all_ended(self, status: str, reason: str) -> None:
         """This node adopted a terminal status: every wait ends."""

@@ -228,3 +228,28 @@ def test_a_wait_learns_which_senders_had_news() -> None:
     everyone = a.add_waiter(None, None)
     a.peer_ended("c", "failed", "boom")
     assert a.remove_waiter(everyone) == {"c"}
+
+
+# -- end notices to ended nodes --------------------------------------------------------------
+
+
+def test_an_end_notice_to_a_node_that_has_ended_is_settled_not_resent() -> None:
+    """a's analysis_finished reached b, whose ack was lost; b has ended and refuses resends.
+    Once a learns that b ended, the notice has done its work."""
+    a = node("a")
+    message_id = a.send(["b", "c"], "analysis_finished", {}, now=at(0.0), timeout=30.0)
+    a.take_actions()
+    a.peer_ended("b", "executed", "reported by the platform")
+    assert message_id not in settled(a)  # c has not acknowledged yet
+    a.peer_ended("c", "executed")
+    report = settled(a)[message_id].report
+    assert report.ok and set(report.acked) == {"b", "c"}
+
+
+def test_other_messages_to_an_ended_node_keep_waiting_for_their_ack() -> None:
+    """An ended node may have taken a message whose ack was lost: no report of it missing."""
+    a = node("a")
+    message_id = a.send(["b"], "data", {"n": 1}, now=at(0.0), timeout=30.0)
+    a.take_actions()
+    a.peer_ended("b", "executed")
+    assert message_id not in settled(a)
