@@ -123,7 +123,7 @@ class FlameSDK:
         ship_logs: Ship :attr:`logger` records (and status/progress) to the PO.
         log_level: Lowest level shipped to the PO.
         resend_initial: Seconds before an unacknowledged message is first sent again while no
-            acknowledgement has been measured yet (default 3); afterwards the pause follows the
+            acknowledgement has been measured yet (default 1, as TCP); afterwards the pause follows the
             measured acknowledgement round trips (see docs/concepts/delivery.md).
         gap_timeout: Longest time a received message is held back for an earlier one of the
             same sender that does not arrive (see docs/concepts/delivery.md).
@@ -161,7 +161,7 @@ class FlameSDK:
         status_sync: tuple[str, ...] = ("executed", "stopped", "failed"),
         ship_logs: bool = True,
         log_level: int = logging.INFO,
-        resend_initial: float = 3.0,
+        resend_initial: float = 1.0,
         gap_timeout: float = 5.0,
         shutdown_timeout: float = 10.0,
         block_warning: float | None = 1.0,

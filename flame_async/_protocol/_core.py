@@ -107,7 +107,7 @@ class ProtocolSettings:
             (the oldest are forgotten first; flame-async senders need none: they number).
     """
 
-    resend_initial: float = 3.0
+    resend_initial: float = 1.0
     resend_max: float = 10.0
     retry_initial: float = 0.05
     gap_timeout: float = 5.0
