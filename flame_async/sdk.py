@@ -123,8 +123,8 @@ class FlameSDK:
         ship_logs: Ship :attr:`logger` records (and status/progress) to the PO.
         log_level: Lowest level shipped to the PO.
         resend_initial: Seconds before an unacknowledged message is first sent again while no
-            acknowledgement has been measured yet (default 1, as TCP); afterwards the pause follows the
-            measured acknowledgement round trips (see docs/concepts/delivery.md).
+            acknowledgement has been measured yet (default 1, as TCP); afterwards the pause
+            follows the measured acknowledgement round trips (see docs/concepts/delivery.md).
         gap_timeout: Longest time a received message is held back for an earlier one of the
             same sender that does not arrive (see docs/concepts/delivery.md).
         shutdown_timeout: Longest time the shutdown steps (status, log flush, unsubscribe) take.
