@@ -92,9 +92,9 @@ INLINE_LIMIT: Final = 1 << 20
 """Default largest message payload (JSON bytes) the broker carries inline: 1 MiB."""
 
 _META_ALLOWANCE: Final = 4096
+"""Bytes a message body has beyond its payload (``meta``, the broker's envelope), at most."""
 _POST_LANES: Final = 16
 """Most POSTs (acks, resends, notices) a node has under way at once besides its sends."""
-"""Bytes a message body has beyond its payload (``meta``, the broker's envelope), at most."""
 
 _RUNTIME: Final = frozenset(c.value for c in Category)
 """Categories the runtime sends (small, and read by flamesdk too): never stored."""
@@ -458,20 +458,17 @@ class BrokerService:
                     )
                 )
 
-    async def _post_spawned(self, post: Post) -> None:
-        try:
-            await self._post(post)
-        finally:
-            self._posting -= 1
-            if not self._posting:
-                self._no_posts.set()
-
     async def _post_lane(self) -> None:
         """Post queued POSTs one after another until none is left (one of a few lanes)."""
         queue = self._queued_posts
         try:
             while queue:
-                await self._post_spawned(queue.popleft())
+                try:
+                    await self._post(queue.popleft())
+                finally:
+                    self._posting -= 1
+                    if not self._posting:
+                        self._no_posts.set()
         finally:
             self._lanes -= 1
 
@@ -753,7 +750,6 @@ class BrokerService:
         news about every sender)."""
         waiter_id = self.protocol.add_waiter(senders, category)
         event = self._waits[waiter_id] = asyncio.Event()
-        news: set[str] | None = None
         try:
             await event.wait()
         finally:

@@ -43,7 +43,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,7 +158,7 @@ class _Pending:
 
     def __init__(self, copies: int) -> None:
         self.copies = copies
-        self.inline: tuple[_Outgoing, str, _Subscription] | None = None
+        self.inline: _Copy | None = None
         """The copy whose first attempt the sender's request makes itself (no task)."""
         self.untried = copies
         self.tried = asyncio.Event()
@@ -170,6 +170,30 @@ class _Pending:
         self.untried -= 1
         if not self.untried:
             self.tried.set()
+
+
+class _Copy:
+    """One copy of a message to one subscription, while the broker delivers it."""
+
+    __slots__ = ("attempts", "outgoing", "pending", "recipient", "reported", "subscription")
+
+    def __init__(
+        self, outgoing: _Outgoing, recipient: str, subscription: _Subscription, pending: _Pending
+    ) -> None:
+        self.outgoing = outgoing
+        self.recipient = recipient
+        self.subscription = subscription
+        self.pending = pending
+        self.attempts = 0
+        """Webhook POSTs made so far."""
+        self.reported = False
+
+    def first_attempt_ended(self) -> None:
+        """Tell the message's :class:`_Pending` that this copy's first attempt ended (once;
+        later calls do nothing)."""
+        if not self.reported:
+            self.reported = True
+            self.pending.first_attempt_ended()
 
 
 class BrokerService:
@@ -415,79 +439,73 @@ class BrokerService:
             self._pending_bytes += len(payload)
         if len(deliveries) == 1 and not deliveries[0][2] and plan is None:
             recipient, subscription, _ = deliveries.pop()
-            pending.inline = (outgoing, recipient, subscription)  # see deliver_inline
+            pending.inline = _Copy(outgoing, recipient, subscription, pending)  # deliver_inline
         for recipient, subscription, delay in deliveries:
-            self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending, delay)
+            copy = _Copy(outgoing, recipient, subscription, pending)
+            self._core.spawn(self._deliver_held, copy, delay)
         return pending
 
-    async def _deliver_held(  # noqa: PLR0917 - private, spawned with positional arguments
-        self,
-        outgoing: _Outgoing,
-        recipient: str,
-        subscription: _Subscription,
-        pending: _Pending,
-        delay: float = 0.0,
-        attempts: int = 0,
-    ) -> None:
-        """:meth:`_deliver` (after ``delay`` seconds; after a backoff when ``attempts`` were
-        made already), then release the payload's bytes once its last copy is done. A broker
+    async def _deliver_held(self, copy: _Copy, delay: float = 0.0) -> None:
+        """:meth:`_deliver` (after ``delay`` seconds; after a backoff when attempts were made
+        already), then release the payload's bytes once its last copy is done. A broker
         restart (chaos mode) cancels it: the copy is lost."""
-        # called once: after the first attempt, or here
-        tried = [pending.first_attempt_ended] if not attempts else []
         # only chaos mode restarts the broker: without it, no cancel scope per copy
         scope = anyio.CancelScope() if self._core.faults is not None else None
         try:
             with scope if scope is not None else nullcontext():
                 if scope is not None:
                     self._in_flight.add(scope)
-                if attempts:
-                    delay = max(delay, self._backoff(attempts))
+                if copy.attempts:
+                    delay = max(delay, self._backoff(copy.attempts))
                 if delay:
                     await anyio.sleep(delay)
-                await self._deliver(outgoing, recipient, subscription, tried, attempts)
+                await self._deliver(copy)
             if scope is not None and scope.cancelled_caught:
-                self._drop(outgoing, recipient, subscription, 0, None, "lost in a broker restart")
+                self._drop(
+                    copy.outgoing,
+                    copy.recipient,
+                    copy.subscription,
+                    0,
+                    None,
+                    "lost in a broker restart",
+                )
         finally:
             if scope is not None:
                 self._in_flight.discard(scope)
-            if tried:
-                tried.pop()()
-            pending.copies -= 1
-            if not pending.copies:
-                self._pending_bytes -= len(outgoing.payload)
+            copy.first_attempt_ended()  # lost before its first attempt ended
+            self._copy_done(copy)
 
     async def deliver_inline(self, pending: _Pending) -> None:
         """Make the first attempt of the one copy :meth:`publish` left to the caller (a
         message to one node, the usual case: no task of its own); retries, if due, go on in a
         task. Cancelled, the copy is handed to a task that delivers it from the start (the
         node may get it twice; receivers de-duplicate)."""
-        if pending.inline is None:
+        copy = pending.inline
+        if copy is None:
             return
-        outgoing, recipient, subscription = pending.inline
         pending.inline = None
-        tried = [pending.first_attempt_ended]
         handed_off = False
         try:
-            left = await self._deliver(outgoing, recipient, subscription, tried, give_back=True)
-            if left:
-                self._core.spawn(
-                    self._deliver_held, outgoing, recipient, subscription, pending, 0.0, left
-                )
+            if not await self._deliver(copy, give_back=True):
+                self._core.spawn(self._deliver_held, copy)  # retries after a backoff
                 handed_off = True
         except BaseException:
             if not handed_off:
-                tried.clear()  # the first attempt ended: the answer does not wait again
-                self._core.spawn(self._deliver_held, outgoing, recipient, subscription, pending)
-                pending.untried += 1  # _deliver_held reports its own first attempt
+                copy.attempts = 0
+                self._core.spawn(self._deliver_held, copy)
                 handed_off = True
             raise
         finally:
-            if tried:
-                tried.pop()()
+            copy.first_attempt_ended()
             if not handed_off:
-                pending.copies -= 1
-                if not pending.copies:
-                    self._pending_bytes -= len(outgoing.payload)
+                self._copy_done(copy)
+
+    def _copy_done(self, copy: _Copy) -> None:
+        """A copy is delivered or dropped: release the payload's bytes after its last copy."""
+        pending = copy.pending
+        pending.copies -= 1
+        if not pending.copies:
+            self._pending_bytes -= len(copy.outgoing.payload)
 
     def restart(self) -> None:
         """Restart (chaos mode): every delivery in flight is lost; subscriptions stay."""
@@ -548,40 +566,31 @@ class BrokerService:
             raise NodeUnreachable("the connection was reset after the copy went out (chaos mode)")
         return status
 
-    async def _deliver(
-        self,
-        outgoing: _Outgoing,
-        recipient: str,
-        subscription: _Subscription,
-        first_tried: list[Callable[[], None]],
-        attempts: int = 0,
-        *,
-        give_back: bool = False,
-    ) -> int:
-        """Deliver one copy, retrying 5xx answers, connection failures and timeouts; the
-        callback in ``first_tried`` is taken out and called when the first attempt ended.
+    async def _deliver(self, copy: _Copy, *, give_back: bool = False) -> bool:
+        """Deliver one copy, retrying 5xx answers, connection failures and timeouts, and tell
+        the copy when its first attempt ended.
 
         Args:
-            attempts: Attempts made before (by an earlier call that gave the copy back).
             give_back: Return instead of waiting for a retry.
 
         Returns:
-            0 when the copy is delivered or dropped; with ``give_back``, the attempts made so
-            far when a retry is due (the caller delivers it later).
+            True when the copy is delivered or dropped; False (only with ``give_back``) when a
+            retry is due: the caller delivers it later (``copy.attempts`` counts on).
 
         Cancellation: stops the delivery where it is; no event is recorded.
         """
         plan = self._core.faults
+        outgoing, recipient, subscription = copy.outgoing, copy.recipient, copy.subscription
         while True:
-            attempts += 1
+            copy.attempts += 1
+            attempts = copy.attempts
             status: int | None = None
             fault = None if plan is None else plan.webhook(recipient, outgoing.identity, attempts)
             try:
                 try:
                     status = await self._attempt(subscription.target, outgoing.payload, fault)
                 finally:
-                    if first_tried:
-                        first_tried.pop()()
+                    copy.first_attempt_ended()
             except (NodeUnreachable, aiohttp.ClientError, TimeoutError) as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception:  # task supervisor: a bug here must not stop the platform
@@ -595,7 +604,7 @@ class BrokerService:
                     status=None,
                     reason="internal error",
                 )
-                return 0
+                return True
             else:
                 if 200 <= status < 300:
                     self._record(
@@ -606,17 +615,17 @@ class BrokerService:
                         attempts=attempts,
                         status=status,
                     )
-                    return 0
+                    return True
                 failure = f"HTTP {status}"
                 if status < 500:
                     self._drop(outgoing, recipient, subscription, attempts, status, failure)
-                    return 0
+                    return True
             if attempts > self._retries:
                 reason = f"gave up after {attempts} attempts ({failure})"
                 self._drop(outgoing, recipient, subscription, attempts, status, reason)
-                return 0
+                return True
             if give_back:
-                return attempts
+                return False
             await anyio.sleep(self._backoff(attempts))
 
     def _backoff(self, retry: int) -> float:
