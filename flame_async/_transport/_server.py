@@ -34,7 +34,14 @@ from ._http import (
     Response,
 )
 
-__all__ = ["NodeApiMount", "aiohttp_app", "serve_handler", "to_request", "write_response"]
+__all__ = [
+    "NodeApiMount",
+    "aiohttp_app",
+    "mount_node_api",
+    "serve_handler",
+    "to_request",
+    "write_response",
+]
 
 log = logging.getLogger("flame_async.transport")
 
@@ -320,3 +327,20 @@ def _bound_port(runner: web.AppRunner) -> int | None:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return None
+
+
+def mount_node_api(app: web.Application, *, prefix: str = "") -> NodeApiMount:
+    """Add the node API's routes (``/webhook``, ``/healthz``, ``/token_refresh``,
+    ``/partner_status``) to ``app``; give the result to the node's transport::
+
+        mount = mount_node_api(app)
+        FlameSDK(config, transport=AiohttpTransport.from_config(config, api=mount))
+
+    Call it before the application starts. Until a ``FlameSDK`` runs with it, the routes
+    answer 503.
+
+    Args:
+        app: Your aiohttp application.
+        prefix: A path prefix for the routes (the FLAME platform forwards to the root).
+    """
+    return NodeApiMount(app, prefix=prefix)
