@@ -59,7 +59,7 @@ from ._http import (
     validation_response,
 )
 from ._node import LocalNode
-from ._records import LogRecord
+from ._records import LogRecord, newest
 
 __all__ = ["TERMINAL_STATUSES", "TRUNCATED", "PodOrchestrator"]
 
@@ -182,14 +182,7 @@ class PodOrchestrator:
         if cursor < 0:
             raise InvalidArgument(f"a log cursor is 0 or more, got {cursor}")
         logs, logged = state.logs, state.logged
-        new = logged - cursor
-        if new <= 0:
-            return [], logged
-        if new >= len(logs):
-            return list(logs), logged
-        tail = list(itertools.islice(reversed(logs), new))
-        tail.reverse()
-        return tail, logged
+        return newest(logs, logged - cursor), logged
 
     def status(self, node_id: str) -> str | None:
         """The node's last reported status (``None`` before it reported any)."""

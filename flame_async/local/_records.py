@@ -12,7 +12,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ..errors import InvalidArgument
 
@@ -239,12 +239,19 @@ class DeliveryLog:
         """
         if cursor < 0:
             raise InvalidArgument(f"a delivery cursor is 0 or more, got {cursor}")
-        recorded, kept = self._recorded, self.kept
-        new = recorded - cursor
-        if new <= 0:
-            return [], recorded
-        if new >= len(kept):
-            return list(kept), recorded
-        tail = list(itertools.islice(reversed(kept), new))
-        tail.reverse()
-        return tail, recorded
+        return newest(self.kept, self._recorded - cursor), self._recorded
+
+
+T = TypeVar("T")
+
+
+def newest(kept: deque[T], count: int) -> list[T]:
+    """The last ``count`` items of ``kept``, oldest first (all of them when fewer are kept,
+    none for a count of 0 or less); costs O(count), not O(len(kept))."""
+    if count <= 0:
+        return []
+    if count >= len(kept):
+        return list(kept)
+    tail = list(itertools.islice(reversed(kept), count))
+    tail.reverse()
+    return tail
