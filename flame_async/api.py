@@ -124,6 +124,32 @@ class NodeApi:
             "/partner_status": ("POST", self._partner_status),
         }
 
+    async def __call__(self, request: Request) -> Response:
+        """:meth:`handle`: the API object is itself the handler a transport serves."""
+        return await self.handle(request)
+
+    async def deliver_webhook(self, body: bytes) -> int:
+        """Take one webhook body as ``POST /webhook`` with a JSON body would; the status it
+        would answer (an in-process transport's delivery, without a request around it).
+
+        A body over the size limit or refused by the broker is counted in :attr:`rejected`
+        under the same key as over HTTP.
+
+        Cancellation:
+            As the webhook route's.
+        """
+        if len(body) > self._max_body:
+            self.rejected["body too large"] += 1
+            return 413
+        if not body:
+            self.rejected["empty body"] += 1
+            return 400
+        rejection = await self._on_webhook(body)
+        if rejection is not None:
+            self.rejected[rejection.key] += 1
+            return rejection.status
+        return 200
+
     async def handle(self, request: Request) -> Response:
         """Answer one request (any transport's).
 

@@ -287,7 +287,7 @@ class FlameSDK:
             max_body=config.max_api_body_bytes,
             waiting_for=self.waiting_for,
         )
-        api_port = await tg.start(transport.serve, api.handle)
+        api_port = await tg.start(transport.serve, api)
         if config.announce_api and api_port:
             await gateway.request(
                 "PUT",

@@ -6,7 +6,7 @@ read, arrives as a :class:`~flame_async.errors.TransportError`.
 """
 
 from ._aiohttp import AiohttpTransport, aiohttp_data
-from ._base import Transport
+from ._base import DirectWebhook, Transport
 from ._client import GatewayClient, GatewayHealth, parse_answer
 from ._errors import RETRYABLE_STATUS, detail_of, is_retryable, retry_call, status_error
 from ._http import (
@@ -34,6 +34,7 @@ __all__ = [
     "BodyTooLarge",
     "Buffer",
     "ConnectionDropped",
+    "DirectWebhook",
     "FileBody",
     "Form",
     "FormPart",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from anyio.abc import TaskStatus
 
 from ._http import Handler, Request, Response
 
-__all__ = ["Transport"]
+__all__ = ["DirectWebhook", "Transport"]
 
 
 class Transport(Protocol):
@@ -55,4 +55,19 @@ class Transport(Protocol):
         Raises:
             StartupError: It cannot be made reachable (e.g. the port is taken).
         """
+        ...
+
+
+@runtime_checkable
+class DirectWebhook(Protocol):
+    """A node API handler that also takes webhook bodies without a request around them.
+
+    An in-process transport (the in-memory one) hands broker deliveries to
+    :meth:`deliver_webhook` instead of building a ``POST /webhook`` request for the handler:
+    the same checks and the same answer, without the HTTP layer. Handlers without it get the
+    request.
+    """
+
+    async def deliver_webhook(self, body: bytes) -> int:
+        """Take one webhook body as ``POST /webhook`` would; the status it would answer."""
         ...

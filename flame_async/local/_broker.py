@@ -527,6 +527,10 @@ class BrokerService:
             TimeoutError: No answer in time.
         """
         if isinstance(target, _NodeApi):
+            if target.path == "/webhook" and not target.query_string:
+                status = await self._core.deliver_webhook(target.node_id, payload)
+                if status is not None:  # a node in this event loop: no request built
+                    return status
             request = Request(
                 "POST",
                 target.path,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVarTuple
 
@@ -23,7 +23,7 @@ import aiohttp
 from anyio.abc import TaskGroup
 from yarl import URL
 
-from .._transport import Handler, Request, Response, aiohttp_data
+from .._transport import DirectWebhook, Handler, Request, Response, aiohttp_data
 from .._wire import BlockReport
 from ._faults import FaultPlan
 from ._node import LocalNode
@@ -120,6 +120,7 @@ class PlatformCore:
         self._targets: dict[tuple[int, str], URL] = {}
         self._url_host = f"[{host}]" if ":" in host else host
         self._api_handlers: dict[str, Handler] = {}
+        self._webhooks: dict[str, Callable[[bytes], Awaitable[int]]] = {}
         self._by_gateway: dict[tuple[str, int], LocalNode] = {}
         self._by_nginx_host: dict[str, LocalNode] = {}
         for node in nodes:
@@ -144,17 +145,28 @@ class PlatformCore:
     def register_api_port(self, node_id: str, port: int) -> None:
         """``node_id``'s API listens on ``port`` at the platform's host (over HTTP)."""
         self._api_handlers.pop(node_id, None)
+        self._webhooks.pop(node_id, None)
         self._api_ports[node_id] = port
 
     def register_api_handler(self, node_id: str, handler: Handler) -> None:
-        """``node_id``'s API is ``handler``, called in this event loop (in-memory transport)."""
+        """``node_id``'s API is ``handler``, called in this event loop (in-memory transport).
+
+        A handler that is a :class:`~flame_async._transport.DirectWebhook` gets webhook
+        deliveries as bodies (:meth:`deliver_webhook`), without a request around them.
+        """
         self._api_ports.pop(node_id, None)
         self._api_handlers[node_id] = handler
+        api: object = handler  # a callable object may also be a DirectWebhook
+        if isinstance(api, DirectWebhook):
+            self._webhooks[node_id] = api.deliver_webhook
+        else:
+            self._webhooks.pop(node_id, None)
 
     def unregister_api(self, node_id: str) -> None:
         """``node_id``'s API is gone."""
         self._api_ports.pop(node_id, None)
         self._api_handlers.pop(node_id, None)
+        self._webhooks.pop(node_id, None)
 
     def _api_target(self, node_id: str, request: Request) -> URL:
         port = self._api_ports.get(node_id)
@@ -178,6 +190,24 @@ class PlatformCore:
         """The base URL of ``node_id``'s API, if it is reached over HTTP and known."""
         port = self._api_ports.get(node_id)
         return None if port is None else str(URL.build(scheme="http", host=self.host, port=port))
+
+    async def deliver_webhook(self, node_id: str, body: bytes) -> int | None:
+        """Hand ``body`` to ``node_id``'s webhook in this event loop; the status it answers,
+        or None when its API is not in this event loop (then POST it with :meth:`call_node`).
+
+        Raises:
+            NodeUnreachable: Chaos mode has taken the API off the network for now.
+        """
+        webhook = self._webhooks.get(node_id)
+        if webhook is None:
+            return None
+        if self.faults is not None and self.faults.api_down(node_id, time.monotonic()):
+            raise NodeUnreachable(f"the API of {node_id} is off the network (chaos mode)")
+        try:
+            return await webhook(body)
+        except Exception:  # a server answers 500 for its own bugs; so does this one
+            logger.exception("the API of %s failed on /webhook", node_id)
+            return 500
 
     @asynccontextmanager
     async def call_node(

@@ -116,6 +116,7 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self._routes: list[tuple[re.Pattern[str], Route]] = []
         self._exact: dict[tuple[str, str], Route] = {}
+        self._matched: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
         for route in routes:
             self.add(route)
 
@@ -132,6 +133,12 @@ class RouteTable:
         exact = self._exact.get((request.method, path))
         if exact is not None:
             return await exact.handler(call)
+        key = (request.method, path)
+        hit = self._matched.get(key)
+        if hit is not None:
+            route, params = hit
+            call.params = dict(params)
+            return await route.handler(call)
         allowed: set[str] = set()
         for regex, route in self._routes:
             match = regex.fullmatch(path)
@@ -141,6 +148,9 @@ class RouteTable:
                 route.method == "GET" and request.method == "HEAD"
             ):
                 call.params = {k: v for k, v in match.groupdict().items() if v is not None}
+                if len(self._matched) >= 256:
+                    self._matched.clear()
+                self._matched[key] = (route, dict(call.params))
                 return await route.handler(call)
             allowed.add(route.method)
         if allowed:
