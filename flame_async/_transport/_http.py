@@ -340,6 +340,12 @@ class Response:
             BodyTooLarge: It is longer than ``limit`` bytes.
             TransportError: Reading failed.
         """
+        body = self.body
+        if isinstance(body, bytes) and type(self).iter_chunks is Response.iter_chunks:
+            self._started = True  # already in memory: no chunk iterator needed
+            if limit is not None and len(body) > limit:
+                raise BodyTooLarge(limit)
+            return body
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.iter_chunks():

@@ -42,6 +42,17 @@ class _MemoryResponse(Response):
         self._inner = inner
         self._where = where
 
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body (a body the service built in memory is handed over as it is).
+
+        Raises:
+            BodyTooLarge: It is longer than ``limit`` bytes.
+            IncompleteResponse: The service failed while producing it.
+        """
+        if isinstance(self._inner.body, bytes):
+            return await self._inner.read(limit)
+        return await super().read(limit)
+
     async def iter_chunks(self) -> AsyncIterator[Buffer]:
         """The body as the service produces it.
 
