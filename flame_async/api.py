@@ -88,6 +88,8 @@ class NodeApi:
         max_body: Largest request body accepted, in bytes.
         waiting_for: Reports current waits; ``/healthz`` adds them as ``waiting_for`` (an
             extra field the platform's PO ignores; the local runner shows it).
+        webhook_ready: Whether ``on_webhook`` takes a body without waiting (see
+            :meth:`takes_webhooks_at_once`); never, when not given.
         token_check_timeout: Longest time, in seconds, the proof of a refreshed token may take
             (the PO waits for the answer).
     """
@@ -102,6 +104,7 @@ class NodeApi:
         on_partner_status: PartnerSink,
         max_body: int,
         waiting_for: Callable[[], list[str]] | None = None,
+        webhook_ready: Callable[[], bool] | None = None,
         token_check_timeout: float = _TOKEN_CHECK_TIMEOUT,
     ) -> None:
         self._gateway = gateway
@@ -116,6 +119,7 @@ class NodeApi:
         self._on_partner_status = on_partner_status
         self._max_body = max_body
         self._waiting_for = waiting_for
+        self._webhook_ready = webhook_ready
         self.rejected: collections.Counter[str] = collections.Counter()
         self._routes: dict[str, tuple[str, Callable[[Request], Awaitable[Response]]]] = {
             "/webhook": ("POST", self._webhook),
@@ -149,6 +153,10 @@ class NodeApi:
             self.rejected[rejection.key] += 1
             return rejection.status
         return 200
+
+    def takes_webhooks_at_once(self) -> bool:
+        """True when a webhook body is taken without waiting (the node's broker runs)."""
+        return self._webhook_ready is not None and self._webhook_ready()
 
     async def handle(self, request: Request) -> Response:
         """Answer one request (any transport's).

@@ -286,6 +286,7 @@ class FlameSDK:
             on_partner_status=self._on_partner_status,
             max_body=config.max_api_body_bytes,
             waiting_for=self.waiting_for,
+            webhook_ready=self._webhooks_taken_at_once,
         )
         api_port = await tg.start(transport.serve, api)
         if config.announce_api and api_port:
@@ -422,6 +423,10 @@ class FlameSDK:
                 await unsubscribe(gateway, analysis_id, subscription_id)
         except TransportError as exc:
             log.debug("could not delete the webhook subscription: %s", exc)
+
+    def _webhooks_taken_at_once(self) -> bool:
+        ready = self._broker_ready
+        return ready is not None and ready.done()
 
     async def _on_webhook(self, body: bytes) -> Rejection | None:
         """Webhook bodies go to the broker; during start-up they wait (bounded) for it."""

@@ -71,3 +71,8 @@ class DirectWebhook(Protocol):
     async def deliver_webhook(self, body: bytes) -> int:
         """Take one webhook body as ``POST /webhook`` would; the status it would answer."""
         ...
+
+    def takes_webhooks_at_once(self) -> bool:
+        """True when :meth:`deliver_webhook` answers without waiting (the node runs; while it
+        starts, a delivery may be held until it can take it)."""
+        ...

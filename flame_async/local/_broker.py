@@ -86,6 +86,7 @@ logger = logging.getLogger("flame_async.local.broker")
 _DELIVERY_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
 _ATTEMPT_TIMEOUT: Final = 30.0
 _HOLD_ANSWER: Final = 10.0
+_BATCH: Final = 64  # copies to node APIs in this event loop delivered by one task
 """Longest a send's 202 waits for the first attempts of its copies."""
 _ACCEPTED: Final = 202
 
@@ -440,10 +441,51 @@ class BrokerService:
         if len(deliveries) == 1 and not deliveries[0][2] and plan is None:
             recipient, subscription, _ = deliveries.pop()
             pending.inline = _Copy(outgoing, recipient, subscription, pending)  # deliver_inline
+        batch: list[_Copy] = []  # copies to node APIs in this event loop: a task per batch
         for recipient, subscription, delay in deliveries:
             copy = _Copy(outgoing, recipient, subscription, pending)
-            self._core.spawn(self._deliver_held, copy, delay)
+            if plan is None and self._in_loop(subscription.target):
+                batch.append(copy)
+                if len(batch) == _BATCH:
+                    self._core.spawn(self._deliver_batch, batch)
+                    batch = []
+            else:
+                self._core.spawn(self._deliver_held, copy, delay)
+        if batch:
+            self._core.spawn(self._deliver_batch, batch)
         return pending
+
+    def _in_loop(self, target: URL | _NodeApi) -> bool:
+        """Whether copies to ``target`` are taken by a node API in this event loop (no request,
+        no waiting once the node runs)."""
+        return (
+            isinstance(target, _NodeApi)
+            and target.path == "/webhook"
+            and not target.query_string
+            and self._core.takes_webhooks(target.node_id)
+        )
+
+    async def _deliver_batch(self, copies: list[_Copy]) -> None:
+        """Make the first attempt of each copy, one after the other (each is taken at once by a
+        node API in this event loop: one task for many copies instead of one each); copies due
+        for a retry go on in tasks of their own. Cancelled (the platform exits), the copies not
+        delivered yet are lost, as their tasks would be."""
+        pending = iter(copies)
+        try:
+            for copy in pending:
+                handed_off = False
+                try:
+                    if not await self._deliver(copy, give_back=True):
+                        self._core.spawn(self._deliver_held, copy)  # retries after a backoff
+                        handed_off = True
+                finally:
+                    copy.first_attempt_ended()
+                    if not handed_off:
+                        self._copy_done(copy)
+        finally:
+            for copy in pending:  # only when cancelled
+                copy.first_attempt_ended()
+                self._copy_done(copy)
 
     async def _deliver_held(self, copy: _Copy, delay: float = 0.0) -> None:
         """:meth:`_deliver` (after ``delay`` seconds; after a backoff when attempts were made

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVarTuple
 
@@ -120,7 +120,7 @@ class PlatformCore:
         self._targets: dict[tuple[int, str], URL] = {}
         self._url_host = f"[{host}]" if ":" in host else host
         self._api_handlers: dict[str, Handler] = {}
-        self._webhooks: dict[str, Callable[[bytes], Awaitable[int]]] = {}
+        self._webhooks: dict[str, DirectWebhook] = {}
         self._by_gateway: dict[tuple[str, int], LocalNode] = {}
         self._by_nginx_host: dict[str, LocalNode] = {}
         for node in nodes:
@@ -158,7 +158,7 @@ class PlatformCore:
         self._api_handlers[node_id] = handler
         api: object = handler  # a callable object may also be a DirectWebhook
         if isinstance(api, DirectWebhook):
-            self._webhooks[node_id] = api.deliver_webhook
+            self._webhooks[node_id] = api
         else:
             self._webhooks.pop(node_id, None)
 
@@ -191,6 +191,12 @@ class PlatformCore:
         port = self._api_ports.get(node_id)
         return None if port is None else str(URL.build(scheme="http", host=self.host, port=port))
 
+    def takes_webhooks(self, node_id: str) -> bool:
+        """Whether ``node_id``'s API takes webhook bodies in this event loop
+        (:meth:`deliver_webhook`) without waiting: its node runs."""
+        api = self._webhooks.get(node_id)
+        return api is not None and api.takes_webhooks_at_once()
+
     async def deliver_webhook(self, node_id: str, body: bytes) -> int | None:
         """Hand ``body`` to ``node_id``'s webhook in this event loop; the status it answers,
         or None when its API is not in this event loop (then POST it with :meth:`call_node`).
@@ -198,13 +204,13 @@ class PlatformCore:
         Raises:
             NodeUnreachable: Chaos mode has taken the API off the network for now.
         """
-        webhook = self._webhooks.get(node_id)
-        if webhook is None:
+        api = self._webhooks.get(node_id)
+        if api is None:
             return None
         if self.faults is not None and self.faults.api_down(node_id, time.monotonic()):
             raise NodeUnreachable(f"the API of {node_id} is off the network (chaos mode)")
         try:
-            return await webhook(body)
+            return await api.deliver_webhook(body)
         except Exception:  # a server answers 500 for its own bugs; so does this one
             logger.exception("the API of %s failed on /webhook", node_id)
             return 500

@@ -46,7 +46,9 @@ class NoGateway:
         raise AssertionError("not served")
 
 
-def api_with(sink: Sink, taken: list[bytes] | None = None) -> NodeApi:
+def api_with(
+    sink: Sink, taken: list[bytes] | None = None, ready: list[bool] | None = None
+) -> NodeApi:
     async def recording(body: bytes) -> Rejection | None:
         if taken is not None:
             taken.append(body)
@@ -62,6 +64,7 @@ def api_with(sink: Sink, taken: list[bytes] | None = None) -> NodeApi:
         on_webhook=recording,
         on_partner_status=lambda statuses: None,
         max_body=64,
+        webhook_ready=None if ready is None else lambda: ready[0],
     )
 
 
@@ -101,3 +104,12 @@ def test_the_node_api_is_its_own_handler_and_a_direct_webhook() -> None:
     api = api_with(_taken)
     assert isinstance(api, DirectWebhook)
     assert callable(api)
+
+
+def test_webhooks_are_taken_at_once_only_once_the_node_says_so() -> None:
+    assert not api_with(_taken).takes_webhooks_at_once()  # no readiness known: maybe not
+    ready = [False]
+    api = api_with(_taken, ready=ready)
+    assert not api.takes_webhooks_at_once()
+    ready[0] = True
+    assert api.takes_webhooks_at_once()
