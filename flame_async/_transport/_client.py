@@ -174,10 +174,17 @@ class GatewayClient:
         async def once() -> bytes:
             # the token is read for every attempt: a retry uses a refreshed one
             request.headers = self._headers(headers, auth, json=json is not None)
-            async with AsyncExitStack() as stack:
-                response = await self._open(stack, request)
-                payload = await response.read()
-                status = response.status
+            opened = False
+            try:
+                async with self.transport.open(request) as response:
+                    opened = True
+                    self.health.answered()
+                    payload = await response.read()
+                    status = response.status
+            except (ServiceUnavailable, RequestTimeout) as exc:
+                if not opened:  # as _open(): only reaching the gateway counts, not the body
+                    self.health.failed(exc)
+                raise
             if status not in expect:
                 raise status_error(status, payload, service=service, method=method, url=path)
             return payload

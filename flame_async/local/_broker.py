@@ -57,7 +57,6 @@ from yarl import URL
 
 from .._transport import Request, Response, aiohttp_data
 from .._wire import (
-    SendRequest,
     Subscription,
     SubscriptionRequest,
     WireParticipant,
@@ -829,10 +828,8 @@ class _NodeBroker:
             return detail_response(400, "message is missing")
         if (forged := self._forged(message)) is not None:
             return detail_response(403, forged)
-        # the wire model's shape, without a second pass over a possibly large message
-        request = SendRequest.model_construct(recipients=recipients, message=message)
         try:
-            pending = self._broker.publish(self._node.node_id, request.recipients, request.message)
+            pending = self._broker.publish(self._node.node_id, recipients, message)
         except BrokerError as exc:
             return detail_response(exc.status, str(exc))
         # 202 once every copy had its first webhook attempt (or after _HOLD_ANSWER): the sender

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -72,6 +72,59 @@ class _MemoryResponse(Response):
             ) from exc
 
 
+class _Exchange:
+    """One request handed to a gateway and its answer, as an async context manager (a class,
+    not a generator: it is entered for every message of a simulation)."""
+
+    __slots__ = ("_core", "_node_id", "_request", "_response")
+
+    def __init__(self, core: PlatformCore, node_id: str, request: Request) -> None:
+        self._core = core
+        self._node_id = node_id
+        self._request = request
+        self._response: _MemoryResponse | None = None
+
+    async def __aenter__(self) -> Response:
+        request = self._request
+        gateway = self._core.gateways.get(self._node_id)
+        where = (request.service, request.method, f"memory://{self._node_id}{request.path}")
+        if gateway is None or self._core.closed:
+            raise ServiceUnavailable(
+                f"cannot reach {request.service}: the local platform is not running",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            )
+        try:
+            async with asyncio.timeout(request.timeout):  # cheaper than a cancel scope
+                answer = await gateway(request)
+        except ConnectionDropped as exc:
+            raise ServiceUnavailable(
+                f"cannot reach {request.service}: the connection was reset",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            ) from exc
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"{request.service} did not answer {request.method} {where[2]} in time",
+                service=request.service,
+                method=request.method,
+                url=where[2],
+            ) from exc
+        self._response = _MemoryResponse(answer, where)
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+
 class MemoryTransport:
     """The transport of one node of an in-memory :class:`~flame_async.local.LocalPlatform`.
 
@@ -112,8 +165,7 @@ class MemoryTransport:
         self._open = False
         self._core.unregister_api(self._node_id)
 
-    @asynccontextmanager
-    async def open(self, request: Request) -> AsyncIterator[Response]:
+    def open(self, request: Request) -> AbstractAsyncContextManager[Response]:
         """Hand ``request`` to the node's gateway; its answer is open inside the block.
 
         Raises:
@@ -127,38 +179,7 @@ class MemoryTransport:
         """
         if not self._open:
             raise SDKStateError("the transport is not open (enter it with 'async with')")
-        gateway = self._core.gateways.get(self._node_id)
-        where = (request.service, request.method, f"memory://{self._node_id}{request.path}")
-        if gateway is None or self._core.closed:
-            raise ServiceUnavailable(
-                f"cannot reach {request.service}: the local platform is not running",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            )
-        limit = request.timeout
-        try:
-            async with asyncio.timeout(limit):  # cheaper than a cancel scope, per request
-                answer = await gateway(request)
-        except ConnectionDropped as exc:
-            raise ServiceUnavailable(
-                f"cannot reach {request.service}: the connection was reset",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            ) from exc
-        except TimeoutError as exc:
-            raise RequestTimeout(
-                f"{request.service} did not answer {request.method} {where[2]} in time",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            ) from exc
-        response = _MemoryResponse(answer, where)
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        return _Exchange(self._core, self._node_id, request)
 
     async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
         """Register ``handler`` as the node's API with the platform until cancelled.
