@@ -454,6 +454,11 @@ class BrokerService:
             self._core.spawn(self._deliver_batch, batch)
         return pending
 
+    def takes_at_once(self, copy: _Copy) -> bool:
+        """Whether ``copy`` goes to a running node in this event loop: its delivery does not
+        wait (no request is made; a retry, if due, goes on in a task)."""
+        return self._core.faults is None and self._in_loop(copy.subscription.target)
+
     def _in_loop(self, target: URL | _NodeApi) -> bool:
         """Whether copies to ``target`` are taken by a node API in this event loop (no request,
         no waiting once the node runs)."""
@@ -835,6 +840,11 @@ class _NodeBroker:
         # 202 once every copy had its first webhook attempt (or after _HOLD_ANSWER): the sender
         # starts its resend clock at this answer, so copies still in the broker's hands are
         # never resent. (The real broker answers at once; its Hub messenger has no backlog.)
+        inline = pending.inline
+        if inline is not None and self._broker.takes_at_once(inline):
+            await self._broker.deliver_inline(pending)  # no wait: no timer to arm
+            if pending.tried.is_set():
+                return Response(_ACCEPTED)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_HOLD_ANSWER):
                 await self._broker.deliver_inline(pending)
