@@ -47,16 +47,17 @@ class FlameError(Exception):
 
 
 class ConfigError(FlameError, ValueError):
-    """The node configuration (environment variables or overrides) is missing or malformed.
+    """The node configuration (environment variables or overrides) is missing or malformed;
+    also raised for a Hub client's configuration (``what`` names which one).
 
     Attributes:
         problems: One human-readable line per problem found; all problems are reported at once.
     """
 
-    def __init__(self, problems: Iterable[str]) -> None:
+    def __init__(self, problems: Iterable[str], *, what: str = "FLAME node configuration") -> None:
         self.problems: tuple[str, ...] = tuple(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid FLAME node configuration:\n{lines}")
+        super().__init__(f"invalid {what}:\n{lines}")
 
 
 class InvalidArgument(FlameError, ValueError):

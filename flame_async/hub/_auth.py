@@ -316,7 +316,7 @@ class TokenManager:
         except ServiceError as exc:
             if exc.status in (400, 401, 403):
                 raise AuthenticationError(
-                    service="auth",
+                    service="hub auth",
                     method="POST",
                     url=self._auth_url,
                     status=exc.status,

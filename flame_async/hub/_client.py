@@ -93,7 +93,7 @@ class HubClient:
         if max_concurrency < 1:
             problems.append(f"max_concurrency must be at least 1, got {max_concurrency!r}")
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems, what="Hub client configuration")
         self._urls = urls
         self._credentials = credentials
         self._timeout = timeout
@@ -170,7 +170,7 @@ class HubClient:
                 problems.append(f"FLAME_HUB_WIRE_CASE must be one of {', '.join(_CASES)}")
             options["wire_case"] = case
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems, what="Hub client configuration")
         assert credentials is not None
         return cls(
             auth_url=urls["auth_url"],
@@ -309,9 +309,9 @@ class HubClient:
         code = await self._code_bucket(analysis)
         assert code.external_id is not None
         uploaded: list[BucketFile] = await storage.buckets.upload(code.external_id, files)
-        by_name = {f.name: f for f in uploaded}
+        by_path = {f.path or f.name: f for f in uploaded}  # storage keeps directories in path
         for upload in files:
-            stored = by_name.get(upload.name) or by_name.get(Path(upload.name).name)
+            stored = by_path.get(upload.name)
             if stored is None:
                 continue
             await core.analysis_bucket_files.create(

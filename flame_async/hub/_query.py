@@ -385,3 +385,53 @@ def _encode_op(key: str, op: FilterOp) -> str:
         raise InvalidArgument(f"filter[{key}]: a LIKE prefix must not be empty")
     prefix: str = kind.value
     return prefix + _operand(key, value, kind)
+
+
+_MISSING: Final = object()
+
+
+def contradicts(value: FilterValue, actual: object) -> bool:
+    """Whether a record whose field holds ``actual`` clearly fails the filter ``value``.
+
+    Used to notice a filter the Hub ignored (Hubs of the 0.8 line drop filters on keys outside
+    their allow-list and return everything). Only judged where the answer is unambiguous:
+    equality and IN on non-text values or text compared case-insensitively (databases differ
+    in collation), and IS NULL / IS NOT NULL.
+    """
+    if isinstance(value, FilterOp):
+        if value.kind is _Kind.IS_NULL:
+            return actual is not None
+        if value.kind is _Kind.NOT_NULL or (value.kind is _Kind.NE and value.values == (None,)):
+            return actual is None
+        if value.kind is _Kind.IN:
+            return not any(_same(v, actual) for v in value.values)
+        return False
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return not any(_same(v, actual) for v in value)
+    return not _same(value, actual)  # type: ignore[arg-type]
+
+
+def _same(wanted: Scalar, actual: object) -> bool:
+    if isinstance(wanted, enum.Enum):
+        wanted = wanted.value
+    if isinstance(actual, enum.Enum):
+        actual = actual.value
+    if wanted is None or actual is None:
+        return wanted is None and actual is None
+    if isinstance(wanted, bool) or isinstance(actual, bool):
+        return wanted is actual or (str(wanted).lower() == str(actual).lower())
+    if isinstance(wanted, datetime | date) or isinstance(actual, datetime | date):
+        return True  # formats and precision differ: not judged
+    return str(wanted).lower() == str(actual).lower()
+
+
+def field_value(record: Mapping[str, object], key: str) -> object:
+    """The value of ``key`` in a record's data (either casing), or ``MISSING``."""
+    for name in (key, to_camel(key)):
+        if name in record:
+            return record[name]
+    return _MISSING
+
+
+MISSING: Final = _MISSING
+"""What :func:`field_value` returns for a key the record does not have."""

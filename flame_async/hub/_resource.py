@@ -14,7 +14,7 @@ import anyio
 import pydantic
 
 from ..errors import HubResponseInvalid, InvalidArgument, NotFoundError
-from ._query import MAX_LIMIT, FilterValue, Query, to_snake
+from ._query import MAX_LIMIT, MISSING, FilterValue, Query, contradicts, field_value, to_snake
 from ._session import Payload, Service, Session
 from .models import HubModel, to_wire
 
@@ -66,6 +66,12 @@ def _one(value: Any) -> Any:
     if isinstance(value, dict) and "id" not in value and isinstance(value.get("data"), dict):
         return value["data"]
     return value
+
+
+def _field(item: pydantic.BaseModel, name: str) -> object:
+    if name in type(item).model_fields:
+        return getattr(item, name)
+    return field_value(item.model_extra or {}, name)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,6 +204,7 @@ class ReadResource(Generic[M]):
                 [{"loc": ("data",), "msg": "a list answer has a 'data' list"}],
             )
         items = [parse(self._model, item, url) for item in answer["data"]]
+        self._check_filters(query, items, url)
         meta = answer.get("meta")
         meta = meta if isinstance(meta, dict) else {}
         total = meta.get("total")
@@ -207,6 +214,29 @@ class ReadResource(Generic[M]):
             limit=query.limit if query.limit is not None else len(items),
             offset=query.offset or 0,
         )
+
+    def _check_filters(self, query: Query, items: list[M], url: str) -> None:
+        """Refuse a page the Hub produced while ignoring a filter (older Hubs drop filters on
+        keys outside their allow-list silently and return everything)."""
+        if not items:
+            return
+        for key, value in query.filters.items():
+            if "." in key:
+                continue  # relations: not in the record unless included
+            name = to_snake(key)
+            actual = [_field(item, name) for item in items]
+            if all(a is MISSING for a in actual):
+                raise InvalidArgument(
+                    f"filter[{key}]: {self._model.__name__} records have no field {name!r}, and "
+                    f"the Hub returned {len(items)} record(s) anyway: it ignores filters on keys "
+                    "it does not allow (a stricter Hub answers 400); filter on another field"
+                )
+            if any(a is not MISSING and contradicts(value, a) for a in actual):
+                raise InvalidArgument(
+                    f"filter[{key}]: the Hub returned {self._model.__name__} records that do "
+                    f"not match it, so it ignored the filter ({url} does not allow filtering "
+                    f"on {name!r}); filter client-side"
+                )
 
     def _iteration_sort(self, sort: str | Sequence[str] | None) -> list[str]:
         keys = list(Query.of(sort=sort).sort)

@@ -77,7 +77,9 @@ def _multipart(files: Sequence[UploadFile]) -> Payload:
                 content = open(content, "rb")  # noqa: SIM115 - closed by close() after the try
                 opened.append(content)
             part = writer.append(content, {"Content-Type": upload.content_type})
-            part.set_content_disposition("form-data", name=f"file{index}", filename=upload.name)
+            part.set_content_disposition(
+                "form-data", quote_fields=False, name=f"file{index}", filename=upload.name
+            )
         return writer
 
     def close() -> None:

@@ -406,3 +406,14 @@ def test_default_retry_policy_is_four_tries_with_full_jitter() -> None:
     assert DEFAULT_RETRY.jitter == 1.0
     assert isinstance(DEFAULT_RETRY, RetryPolicy)
     assert PasswordAuth("a", "b").grant()["grant_type"] == "password"
+
+
+async def test_a_filter_the_hub_ignored_is_reported_not_returned(mini_hub: MiniHub) -> None:
+    mini_hub.add_nodes(3)
+    async with client_for(mini_hub) as hub:
+        with pytest.raises(InvalidArgument, match="no field 'bogus_key'"):
+            await hub.core.nodes.find(filter={"bogus_key": "x"})
+        with pytest.raises(InvalidArgument, match="ignored the filter"):
+            await hub.core.nodes.find(filter={"type": "aggregator"})  # the mini Hub ignores it
+        page = await hub.core.nodes.find(filter={"type": "default"})  # matches: fine
+        assert page.total == 3

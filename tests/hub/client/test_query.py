@@ -145,3 +145,17 @@ def test_case_helpers_round_trip() -> None:
 def test_query_string_keeps_brackets_and_escapes_the_rest() -> None:
     text = encode_query([("filter[name]", "~a b&c"), ("fields", "+x,y")])
     assert text == "filter[name]=~a%20b%26c&fields=%2Bx,y"
+
+
+def test_contradiction_is_judged_only_where_unambiguous() -> None:
+    from flame_async.hub._query import contradicts
+
+    assert contradicts("a", "b")
+    assert not contradicts("Alpha", "alpha")  # collations differ: not judged
+    assert contradicts(True, False)
+    assert contradicts(F.is_null(), "x")
+    assert contradicts(F.not_null(), None)
+    assert contradicts(F.in_(1, 2), 3)
+    assert not contradicts(["a", "b"], "b")
+    assert not contradicts(F.like("a"), "zzz")  # not judged
+    assert not contradicts(datetime(2026, 1, 1, tzinfo=UTC), "2026-01-01 00:00:00")
