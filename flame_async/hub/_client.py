@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
+from uuid import UUID
 
 import aiohttp
 import anyio
@@ -306,9 +307,8 @@ class HubClient:
         analysis = await core.analyses.create(project_id=id_of(project), name=name, **fields)
         for node in nodes:
             await core.analysis_nodes.create(analysis_id=analysis.id, node_id=id_of(node))
-        code = await self._code_bucket(analysis)
-        assert code.external_id is not None
-        uploaded: list[BucketFile] = await storage.buckets.upload(code.external_id, files)
+        code, storage_bucket = await self._code_bucket(analysis)
+        uploaded: list[BucketFile] = await storage.buckets.upload(storage_bucket, files)
         by_path = {f.path or f.name: f for f in uploaded}  # storage keeps directories in path
         for upload in files:
             stored = by_path.get(upload.name)
@@ -324,17 +324,27 @@ class HubClient:
             return await core.analyses.command(analysis, "configurationLock")
         return await core.analyses.get(analysis)
 
-    async def _code_bucket(self, analysis: Analysis) -> AnalysisBucket:
+    async def _code_bucket(self, analysis: Analysis) -> tuple[AnalysisBucket, UUID]:
+        """The analysis' CODE bucket link and the storage bucket to upload into.
+
+        The Hub creates the links itself when an analysis is created, and a worker creates
+        their storage buckets and sets ``external_id``; without that worker (the 0.8 line
+        needs RabbitMQ for it) the link stays empty and cannot be set over REST, so the
+        storage bucket is created here and the files are registered with the link directly.
+        """
         core = self.core
         found = await core.analysis_buckets.find(
             filter={"analysis_id": analysis.id, "type": "CODE"}, limit=1
         )
-        if found.items and found.items[0].external_id is not None:
-            return found.items[0]
-        bucket = await self.storage.buckets.create(name=f"analysis-code-{analysis.id}")
-        return await core.analysis_buckets.create(
-            analysis_id=analysis.id, type="CODE", external_id=bucket.id
-        )
+        link = found.items[0] if found.items else None
+        if link is None:
+            link = await core.analysis_buckets.create(analysis_id=analysis.id, type="CODE")
+        if link.external_id is not None:
+            return link, link.external_id
+        bucket = await self.storage.buckets.create(name=f"{analysis.id}-code")
+        # newer Hubs take the link; the 0.8 line ignores the field
+        link = await core.analysis_buckets.update(link, external_id=bucket.id)
+        return link, bucket.id
 
     async def analysis_files(self, analysis: Ref) -> list[AnalysisBucketFile]:
         """The files registered with the analysis (all its buckets).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -390,13 +391,13 @@ def _encode_op(key: str, op: FilterOp) -> str:
 _MISSING: Final = object()
 
 
-def contradicts(value: FilterValue, actual: object) -> bool:
+def contradicts(value: FilterValue, actual: object) -> bool:  # noqa: PLR0911 - one answer per operator
     """Whether a record whose field holds ``actual`` clearly fails the filter ``value``.
 
     Used to notice a filter the Hub ignored (Hubs of the 0.8 line drop filters on keys outside
     their allow-list and return everything). Only judged where the answer is unambiguous:
     equality and IN on non-text values or text compared case-insensitively (databases differ
-    in collation), and IS NULL / IS NOT NULL.
+    in collation), IS NULL / IS NOT NULL, and ordering of numbers and aware datetimes.
     """
     if isinstance(value, FilterOp):
         if value.kind is _Kind.IS_NULL:
@@ -405,10 +406,42 @@ def contradicts(value: FilterValue, actual: object) -> bool:
             return actual is None
         if value.kind is _Kind.IN:
             return not any(_same(v, actual) for v in value.values)
+        if value.kind in _ORDER:
+            return _out_of_order(value.kind, value.values[0], actual)
         return False
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return not any(_same(v, actual) for v in value)
     return not _same(value, actual)  # type: ignore[arg-type]
+
+
+_ORDER: Final = {
+    _Kind.LT: operator.lt,
+    _Kind.LE: operator.le,
+    _Kind.GT: operator.gt,
+    _Kind.GE: operator.ge,
+}
+
+
+def _out_of_order(kind: _Kind, wanted: Scalar, actual: object) -> bool:
+    """Numbers with numbers and aware datetimes with aware datetimes; text is not judged
+    (collations differ)."""
+    compare = _ORDER[kind]
+    numbers = (int, float)
+    if (
+        isinstance(wanted, numbers)
+        and isinstance(actual, numbers)
+        and not isinstance(wanted, bool)
+        and not isinstance(actual, bool)
+    ):
+        return not compare(actual, wanted)
+    if (
+        isinstance(wanted, datetime)
+        and isinstance(actual, datetime)
+        and wanted.tzinfo is not None
+        and actual.tzinfo is not None
+    ):
+        return not compare(actual, wanted)
+    return False
 
 
 def _same(wanted: Scalar, actual: object) -> bool:

@@ -87,7 +87,21 @@ def hub_retryable(exc: BaseException) -> bool:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after") or headers.get("Retry-After")
+    """Seconds to wait: ``Retry-After``, or ``RateLimit-Reset`` when that is sooner (authup's
+    rate limiter answers ``Retry-After`` with its whole 60-s window, and the reset with the
+    seconds until the budget actually refills)."""
+    waits = [
+        w
+        for w in (
+            _seconds(headers.get("retry-after") or headers.get("Retry-After")),
+            _seconds(headers.get("ratelimit-reset") or headers.get("RateLimit-Reset")),
+        )
+        if w is not None
+    ]
+    return min(waits) if waits else None
+
+
+def _seconds(raw: str | None) -> float | None:
     if not raw:
         return None
     raw = raw.strip()
@@ -126,7 +140,7 @@ def hub_error(
         detail = body[:_SHOWN].decode("utf-8", "replace").strip()
     if isinstance(parsed, dict):
         raw_code = parsed.get("code")
-        code = str(raw_code) if raw_code is not None else ""
+        code = str(raw_code) if raw_code not in (None, "undefined", "null") else ""
         message = parsed.get("message", parsed.get("detail", ""))
         detail = message if isinstance(message, str) else orjson.dumps(message).decode()[:_SHOWN]
         raw_issues = parsed.get("issues")

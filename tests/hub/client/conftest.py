@@ -8,6 +8,7 @@ behaviour, with switches for faults (queued answers, dropped connections) and to
 from __future__ import annotations
 
 import base64
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -270,4 +271,59 @@ def client_for(hub: MiniHub, credentials: Credentials | None = None, **options: 
         storage_url=hub.url,
         credentials=credentials or PasswordAuth("admin", "start123"),
         **options,
+    )
+
+
+@dataclass(frozen=True)
+class RealHubSettings:
+    """Where the real Hub runs and who to log in as (the shape of the ``real_hub`` fixture)."""
+
+    auth_url: str
+    core_url: str
+    storage_url: str
+    user: str
+    password: str
+    robot_id: str
+    robot_secret: str
+    wire_case: str
+
+    def client(self, credentials: Credentials | None = None, **options: Any) -> HubClient:
+        options.setdefault("wire_case", "auto")
+        # the Hub is shared: ride out authup's rate limit (1,200 anonymous requests a minute
+        # per address, /token included) rather than fail on someone else's load
+        options.setdefault("retry", RetryPolicy(attempts=6, initial=0.2, jitter=1.0, deadline=100))
+        return HubClient(
+            auth_url=self.auth_url,
+            core_url=self.core_url,
+            storage_url=self.storage_url,
+            credentials=credentials or PasswordAuth(self.user, self.password),
+            **options,
+        )
+
+
+@pytest.fixture
+def real_hub_settings(request: pytest.FixtureRequest) -> RealHubSettings:
+    """The real Hub: the session fixture ``real_hub`` (tests/hub/conftest.py) when there is
+    one, else the ``FLAME_HUB_*`` variables; skipped, with the reason, when neither exists."""
+    try:
+        hub = request.getfixturevalue("real_hub")
+    except pytest.FixtureLookupError:
+        env = os.environ
+        if not env.get("FLAME_HUB_CORE_URL"):
+            pytest.skip(
+                "no real Hub: FLAME_HUB_CORE_URL is unset (start ../shared/hub/start_real_hub.sh "
+                "and export the variables of its 'env' command)"
+            )
+        return RealHubSettings(
+            auth_url=env.get("FLAME_HUB_AUTH_URL", ""),
+            core_url=env["FLAME_HUB_CORE_URL"],
+            storage_url=env.get("FLAME_HUB_STORAGE_URL", ""),
+            user=env.get("FLAME_HUB_USER", "admin"),
+            password=env.get("FLAME_HUB_PASSWORD", ""),
+            robot_id=env.get("FLAME_HUB_ROBOT_ID", ""),
+            robot_secret=env.get("FLAME_HUB_ROBOT_SECRET", ""),
+            wire_case=env.get("FLAME_HUB_WIRE_CASE", "snake"),
+        )
+    return RealHubSettings(
+        **{f: str(getattr(hub, f)) for f in RealHubSettings.__dataclass_fields__}
     )

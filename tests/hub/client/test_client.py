@@ -71,6 +71,8 @@ def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     assert _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past
     assert _retry_after({"retry-after": "soon"}) is None
     assert _retry_after({}) is None
+    assert _retry_after({"ratelimit-reset": "58"}) == 58.0  # authup's rate limiter
+    assert _retry_after({"retry-after": "60", "ratelimit-reset": "17"}) == 17.0
 
 
 # -- configuration and lifecycle ---------------------------------------------------------------

@@ -159,3 +159,15 @@ def test_contradiction_is_judged_only_where_unambiguous() -> None:
     assert not contradicts(["a", "b"], "b")
     assert not contradicts(F.like("a"), "zzz")  # not judged
     assert not contradicts(datetime(2026, 1, 1, tzinfo=UTC), "2026-01-01 00:00:00")
+
+
+def test_ordering_is_judged_for_numbers_and_aware_datetimes_only() -> None:
+    from flame_async.hub._query import contradicts
+
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    assert contradicts(F.lt(3), 5)
+    assert not contradicts(F.ge(3), 3)
+    assert contradicts(F.gt(when), when)
+    assert not contradicts(F.le(when), when)
+    assert not contradicts(F.lt("b"), "c")  # text: not judged
+    assert not contradicts(F.lt(when.replace(tzinfo=None)), when)
