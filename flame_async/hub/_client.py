@@ -58,7 +58,9 @@ class HubClient:
         credentials: Who to log in as (:class:`PasswordAuth`, :class:`RobotAuth`,
             :class:`ClientAuth` or :class:`StaticToken`).
         timeout: Seconds per request; for up- and downloads, per read or write.
-        max_concurrency: Requests in flight at once (open streams hold one each).
+        max_concurrency: JSON requests in flight at once (pages of ``iterate``, ``get_many``,
+            uploads); streamed downloads are not counted, so reading a stream while making
+            other calls cannot deadlock.
         retry: How failed requests are retried (default: 4 tries, 0.2 s backoff doubling,
             full jitter, within 60 s).
         wire_case: The Hub's key casing: ``snake`` (Hubs up to 0.8), ``camel`` (newer), or

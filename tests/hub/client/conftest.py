@@ -63,6 +63,8 @@ class MiniHub:
     requests: list[tuple[str, str]] = field(default_factory=list)
     faults: dict[tuple[str, str], list[Fault]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    polls_until_executed: int = 3
     tar: bytes = b""
     url: str = ""
     page_hook: Callable[[int], Any] | None = None
@@ -207,6 +209,25 @@ def build_app(hub: MiniHub) -> web.Application:
         hub.nodes.remove(node)
         return web.json_response(node, status=202)
 
+    async def get_analysis(request: web.Request) -> web.Response:
+        analysis = hub.analyses.get(request.match_info["id"])
+        if analysis is None:
+            return _error(404, "NOT_FOUND")
+        hub.polls_until_executed -= 1
+        if hub.polls_until_executed <= 0:
+            analysis["run_status"] = "executed"  # the 0.8 name of execution_status
+        return web.json_response(analysis)
+
+    async def command(request: web.Request) -> web.Response:
+        analysis = hub.analyses.get(request.match_info["id"])
+        if analysis is None:
+            return _error(404, "NOT_FOUND")
+        name = (await request.json()).get("command")
+        if name == "configurationLock":
+            analysis["configuration_locked"] = True
+            return web.json_response(analysis, status=202)
+        return _error(400, "BAD_REQUEST", f"unknown command {name}")
+
     async def upload(request: web.Request) -> web.Response:
         reader = await request.multipart()
         created = []
@@ -241,6 +262,8 @@ def build_app(hub: MiniHub) -> web.Application:
     app.router.add_get("/nodes/{id}", get_node)
     app.router.add_post("/nodes/{id}", update_node)
     app.router.add_delete("/nodes/{id}", delete_node)
+    app.router.add_get("/analyses/{id}", get_analysis)
+    app.router.add_post("/analyses/{id}/command", command)
     app.router.add_post("/buckets/{id}/upload", upload)
     app.router.add_get("/buckets/{id}/stream", stream_bucket)
     app.router.add_get("/bucket-files/{id}/stream", stream_file)

@@ -419,3 +419,36 @@ async def test_a_filter_the_hub_ignored_is_reported_not_returned(mini_hub: MiniH
             await hub.core.nodes.find(filter={"type": "aggregator"})  # the mini Hub ignores it
         page = await hub.core.nodes.find(filter={"type": "default"})  # matches: fine
         assert page.total == 3
+
+
+async def test_analysis_commands_and_waiting_for_a_state(mini_hub: MiniHub) -> None:
+    aid = str(uuid.uuid4())
+    mini_hub.analyses[aid] = {"id": aid, "run_status": "running", "configuration_locked": False}
+    async with client_for(mini_hub) as hub:
+        locked = await hub.core.analyses.command(aid, "configurationLock")
+        assert locked.configuration_locked is True
+        with pytest.raises(HubRequestInvalid, match="unknown command"):
+            await hub.core.analyses.command(aid, "somethingNew")  # any string is sent
+        done = await hub.core.analyses.wait_for(
+            aid, lambda a: a.execution_status == "executed", timeout=30, interval=0.001
+        )
+        assert done.execution_status == "executed"
+        mini_hub.analyses[aid]["run_status"] = "running"
+        mini_hub.polls_until_executed = 10**6
+        with pytest.raises(TimeoutError, match="execution status 'running'"):
+            await hub.core.analyses.wait_for(
+                aid, lambda a: a.execution_status == "executed", timeout=0.05, interval=0.001
+            )
+
+
+def test_the_hub_package_exports_a_sorted_public_surface() -> None:
+    import flame_async.hub as hub_package
+
+    # ruff's RUF022 order: constants first, then the rest alphabetically
+    def order(name: str) -> tuple[bool, str]:
+        return (not (name.isupper() and len(name) > 1), name)
+
+    assert hub_package.__all__ == sorted(hub_package.__all__, key=order)
+    for name in hub_package.__all__:
+        assert getattr(hub_package, name) is not None
+    assert not [n for n in hub_package.__all__ if n.startswith("_")]
