@@ -183,6 +183,15 @@ def lifetime_of(access_token: str, expires_in: object) -> float:
     return min(usable) if usable else 60.0
 
 
+def _expired(token: str) -> bool:
+    """Whether a JWT's ``exp`` has passed by the wall clock (False when it has none)."""
+    try:
+        exp = decode_claims(token).get("exp")
+    except ValueError:
+        return False
+    return isinstance(exp, int | float) and not isinstance(exp, bool) and exp <= time.time()
+
+
 class TokenManager:
     """Hands out a valid access token; fetches and refreshes it single-flight.
 
@@ -296,6 +305,8 @@ class TokenManager:
     async def _obtain(self) -> _Token:
         credentials = self._credentials
         refresh = self._refresh
+        if refresh is not None and _expired(refresh.get_secret_value()):
+            refresh = None  # its JWT says it is dead: the server would answer 500
         if isinstance(credentials, PasswordAuth) and refresh is not None:
             self._refresh = None  # single-use, whatever happens next
             try:

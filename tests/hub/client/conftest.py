@@ -350,3 +350,32 @@ def real_hub_settings(request: pytest.FixtureRequest) -> RealHubSettings:
     return RealHubSettings(
         **{f: str(getattr(hub, f)) for f in RealHubSettings.__dataclass_fields__}
     )
+
+
+@pytest.fixture
+def short_token_hub_settings(request: pytest.FixtureRequest) -> RealHubSettings:
+    """A real Hub whose authup issues 5-s access and 20-s refresh tokens: the session fixture
+    ``real_hub_short_tokens`` when there is one, else ``FLAME_HUB_SHORT_{AUTH,CORE,STORAGE}_URL``
+    (credentials as for the main instance); skipped, with the reason, when neither exists."""
+    try:
+        hub = request.getfixturevalue("real_hub_short_tokens")
+    except pytest.FixtureLookupError:
+        env = os.environ
+        if not env.get("FLAME_HUB_SHORT_CORE_URL"):
+            pytest.skip(
+                "no real Hub with short-lived tokens: neither the real_hub_short_tokens fixture "
+                "nor FLAME_HUB_SHORT_CORE_URL is there"
+            )
+        return RealHubSettings(
+            auth_url=env.get("FLAME_HUB_SHORT_AUTH_URL", ""),
+            core_url=env["FLAME_HUB_SHORT_CORE_URL"],
+            storage_url=env.get("FLAME_HUB_SHORT_STORAGE_URL", ""),
+            user=env.get("FLAME_HUB_USER", "admin"),
+            password=env.get("FLAME_HUB_PASSWORD", ""),
+            robot_id=env.get("FLAME_HUB_ROBOT_ID", ""),
+            robot_secret=env.get("FLAME_HUB_ROBOT_SECRET", ""),
+            wire_case=env.get("FLAME_HUB_WIRE_CASE", "snake"),
+        )
+    return RealHubSettings(
+        **{f: str(getattr(hub, f)) for f in RealHubSettings.__dataclass_fields__}
+    )

@@ -222,3 +222,19 @@ def test_importing_the_hub_client_touches_no_warning_filter_and_no_heavy_module(
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+async def test_an_expired_refresh_token_is_not_tried() -> None:
+    grants: list[str] = []
+    now = [0.0]
+
+    async def post(grant: dict[str, str]) -> object:
+        grants.append(grant["grant_type"])
+        dead = make_jwt(20, now=0)  # expired in 1970
+        return {"access_token": make_jwt(60), "refresh_token": dead, "expires_in": 3600}
+
+    manager = TokenManager(PasswordAuth("a", "b"), post, auth_url="x", clock=lambda: now[0])
+    await manager.token()
+    now[0] = 59
+    await manager.token()
+    assert grants == ["password", "password"]
