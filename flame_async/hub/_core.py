@@ -144,7 +144,8 @@ class AnalysisNodeLogsResource(ReadResource[AnalysisNodeLog]):
     async def create(
         self, data: AnalysisNodeLogCreate | None = None, /, **fields: object
     ) -> AnalysisNodeLog | None:
-        """Add a log line; returns it when the Hub answers with it.
+        """Add a log line (the 0.8 line requires ``status`` too); returns it when the Hub
+        answers with a stored record (the 0.8 line does not: None).
 
         Raises:
             InvalidArgument: The fields are not valid.
@@ -155,7 +156,9 @@ class AnalysisNodeLogsResource(ReadResource[AnalysisNodeLog]):
         answer = await self._session.json(
             "POST", "core", self._path, body=Payload.json(to_wire(model, case))
         )
-        return parse(AnalysisNodeLog, answer, self._url()) if answer else None
+        if not isinstance(answer, dict) or "id" not in answer:
+            return None  # the 0.8 line answers with the data written, without an id
+        return parse(AnalysisNodeLog, answer, self._url())
 
     async def delete_for(self, analysis: Ref, node: Ref) -> None:
         """Delete the log lines of ``node`` in ``analysis``.

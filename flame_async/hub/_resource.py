@@ -225,7 +225,7 @@ class ReadResource(Generic[M]):
                 continue  # relations: not in the record unless included
             name = to_snake(key)
             actual = [_field(item, name) for item in items]
-            if all(a is MISSING for a in actual):
+            if all(a is MISSING for a in actual) and not query.fields:
                 raise InvalidArgument(
                     f"filter[{key}]: {self._model.__name__} records have no field {name!r}, and "
                     f"the Hub returned {len(items)} record(s) anyway: it ignores filters on keys "

@@ -324,3 +324,27 @@ async def test_start_analysis_on_a_project_with_two_nodes(
 
 def test_settings_are_the_fixture_shape(real_hub_settings: RealHubSettings) -> None:
     assert isinstance(real_hub_settings.client(), HubClient)
+
+
+async def test_analysis_node_logs_are_written_found_and_deleted(
+    real_hub_settings: RealHubSettings,
+) -> None:
+    t = tag()
+    async with real_hub_settings.client() as hub:
+        realm = await hub.auth.realms.get_by_name("master")
+        node = await hub.core.nodes.create(name=f"{t}-n", realm_id=realm.id, type="default")
+        project = await hub.core.projects.create(name=f"{t}-p")
+        await hub.core.project_nodes.create(project_id=project.id, node_id=node.id)
+        analysis = await hub.core.analyses.create(project_id=project.id, name=f"{t}-a")
+        await hub.core.analysis_node_logs.create(
+            analysis_id=analysis.id,
+            node_id=node.id,
+            level="info",
+            message="hello",
+            status="running",
+        )
+        mine = {"analysis_id": analysis.id, "node_id": node.id}
+        page = await hub.core.analysis_node_logs.find(filter=mine)
+        assert [log.message for log in page.items] == ["hello"]
+        await hub.core.analysis_node_logs.delete_for(analysis, node)
+        assert (await hub.core.analysis_node_logs.find(filter=mine)).total == 0
