@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 from uuid import UUID
@@ -20,6 +19,7 @@ from .models import HubModel, to_wire
 
 __all__ = ["Page", "ReadResource", "Ref", "Resource", "id_of", "parse"]
 
+T = TypeVar("T")
 M = TypeVar("M", bound=pydantic.BaseModel)
 C = TypeVar("C", bound=pydantic.BaseModel)
 U = TypeVar("U", bound=pydantic.BaseModel)
@@ -66,6 +66,29 @@ def _one(value: Any) -> Any:
     if isinstance(value, dict) and "id" not in value and isinstance(value.get("data"), dict):
         return value["data"]
     return value
+
+
+async def _all_of(calls: Sequence[Callable[[], Awaitable[T]]], concurrency: int) -> list[T]:
+    """Run ``calls`` with at most ``concurrency`` at once in a task group; their results in
+    order. The first failure cancels the others and is raised as it is (not grouped)."""
+    results: list[Any] = [None] * len(calls)
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+    failure: list[Exception] = []
+
+    async def run(index: int, scope: anyio.CancelScope) -> None:
+        async with limiter:
+            try:
+                results[index] = await calls[index]()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, bare, not grouped
+                failure.append(exc)
+                scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(calls)):
+            tg.start_soon(run, index, tg.cancel_scope)
+    if failure:
+        raise failure[0]
+    return results
 
 
 def _field(item: pydantic.BaseModel, name: str) -> object:
@@ -255,11 +278,11 @@ class ReadResource(Generic[M]):
     ) -> AsyncGenerator[M, None]:
         """Every record matching ``filter``, page after page, in order.
 
-        Reads the first page and its ``meta.total``, then the remaining pages with up to
-        ``concurrency`` requests in flight (and never more than the client's
-        ``max_concurrency``). Sorted by ``created_at`` (after the caller's ``sort``), so
-        records created meanwhile go to the end; a record seen twice (paging while records
-        change) is yielded once.
+        Reads the first page and its ``meta.total``, then the remaining pages in batches of
+        ``concurrency`` requests in flight at once (and never more than the client's
+        ``max_concurrency``), each batch while the loop waits for its next record. Sorted by
+        ``created_at`` (after the caller's ``sort``), so records created meanwhile go to the
+        end; a record seen twice (paging while records change) is yielded once.
 
         Raises:
             InvalidArgument: A filter the Hub would misread, or ``concurrency`` below 1.
@@ -267,11 +290,10 @@ class ReadResource(Generic[M]):
             HubResponseInvalid: A page does not fit the model.
 
         Cancellation:
-            Leaving the loop early (``break``, an error, cancellation) cancels the pages still
-            in flight once the generator is closed: at once with
-            ``contextlib.aclosing(...)``, else when Python finalizes it. Page requests run as
-            tasks of their own because an async generator cannot keep a task group open
-            across ``yield``.
+            Requests run only inside the wait for the next record (a task group that ends
+            before a record is yielded), so leaving the loop early (``break``, an error)
+            leaves no request or task behind, closed or not; cancelling the wait cancels the
+            batch in flight.
         """
         if concurrency < 1:
             raise InvalidArgument(f"concurrency={concurrency}: at least 1 request in flight")
@@ -290,32 +312,19 @@ class ReadResource(Generic[M]):
             if key not in seen:
                 seen.add(key)
                 yield item
-        offsets = iter(range(MAX_LIMIT, first.total, MAX_LIMIT))
-        pending: deque[asyncio.Task[Page[M]]] = deque()
-
-        def schedule() -> None:
-            offset = next(offsets, None)
-            if offset is not None:
-                page = self._page(dataclasses.replace(base, offset=offset))
-                pending.append(asyncio.ensure_future(page))
-
-        try:
-            for _ in range(concurrency):
-                schedule()
-            while pending:
-                page = await pending[0]
-                pending.popleft()
-                schedule()
+        offsets = list(range(MAX_LIMIT, first.total, MAX_LIMIT))
+        for start in range(0, len(offsets), concurrency):
+            batch = offsets[start : start + concurrency]
+            calls = [
+                functools.partial(self._page, dataclasses.replace(base, offset=offset))
+                for offset in batch
+            ]
+            for page in await _all_of(calls, concurrency):
                 for item in page.items:
                     key = getattr(item, "id", None)
                     if key not in seen:
                         seen.add(key)
                         yield item
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
 
     async def find_all(
         self,
@@ -357,24 +366,8 @@ class ReadResource(Generic[M]):
             Cancels the requests in flight.
         """
         ids = [id_of(r) for r in refs]
-        results: list[M | None] = [None] * len(ids)
-        limiter = anyio.CapacityLimiter(max(1, concurrency))
-        failure: list[Exception] = []
-
-        async def fetch(index: int, rid: str, scope: anyio.CancelScope) -> None:
-            async with limiter:
-                try:
-                    results[index] = await self.get(rid, include=include)
-                except Exception as exc:  # noqa: BLE001 - re-raised below, bare, not grouped
-                    failure.append(exc)
-                    scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            for index, rid in enumerate(ids):
-                tg.start_soon(fetch, index, rid, tg.cancel_scope)
-        if failure:
-            raise failure[0]
-        return [r for r in results if r is not None]
+        calls = [functools.partial(self.get, rid, include=include) for rid in ids]
+        return await _all_of(calls, concurrency)
 
 
 class Resource(ReadResource[M], Generic[M, C, U]):

@@ -7,8 +7,8 @@ import hashlib
 import io
 import tarfile
 import uuid
-from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,26 +254,56 @@ async def test_iterate_drops_records_seen_on_an_earlier_page(mini_hub: MiniHub) 
     assert len(ids) == len(set(ids)) == 100  # the record at 50 shows twice, yielded once
 
 
+_SERVER_SIDE = {"RequestHandler._handle_request", "RequestHandler.start"}
+
+
+def _client_tasks(before: set[asyncio.Task[Any]]) -> set[str]:
+    """Tasks started since ``before``, except the in-test server's request handlers."""
+    new = {t.get_coro().__qualname__ for t in asyncio.all_tasks() - before}  # type: ignore[union-attr]
+    return new - _SERVER_SIDE
+
+
 async def test_breaking_out_of_iterate_leaves_no_task(mini_hub: MiniHub) -> None:
     mini_hub.add_nodes(500)
-    release = asyncio.Event()
-
-    async def hold(offset: int) -> None:
-        if offset > 0:
-            await release.wait()  # pages stay in flight until cancelled
-
-    mini_hub.page_hook = hold
     async with client_for(mini_hub, max_concurrency=8) as hub:
         before = asyncio.all_tasks()
         seen = 0
-        async with aclosing(hub.core.nodes.iterate(concurrency=4)) as nodes:
-            async for _ in nodes:
-                seen += 1
-                if seen == 10:
-                    break
-        left = {t.get_coro().__qualname__ for t in asyncio.all_tasks() - before}  # type: ignore[union-attr]
-        # only the in-test server's handlers, still holding the cancelled requests
-        assert left <= {"RequestHandler._handle_request", "RequestHandler.start"}, left
+        async for _ in hub.core.nodes.iterate(concurrency=4):  # no aclosing(): a plain break
+            seen += 1
+            if seen == 60:  # inside the first batch of pages after the first
+                break
+        assert _client_tasks(before) == set()
+
+
+async def test_cancelling_iterate_mid_batch_leaves_no_task(mini_hub: MiniHub) -> None:
+    mini_hub.add_nodes(500)
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+    held = 0
+
+    async def hold(offset: int) -> None:
+        nonlocal held
+        if offset > 0:
+            held += 1
+            if held == 4:
+                arrived.set()
+            await release.wait()
+
+    mini_hub.page_hook = hold
+
+    async with client_for(mini_hub, max_concurrency=8) as hub:
+        before = asyncio.all_tasks()
+
+        async def consume() -> None:
+            async for _ in hub.core.nodes.iterate(concurrency=4):
+                pass
+
+        consumer = asyncio.ensure_future(consume())
+        await arrived.wait()  # four pages in flight, held by the server
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert _client_tasks(before) == set()
         release.set()
 
 

@@ -11,7 +11,6 @@ import hashlib
 import operator
 import uuid
 from collections.abc import Callable
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +142,10 @@ async def test_paging_over_120_nodes(real_hub_settings: RealHubSettings) -> None
             assert stamps == sorted(stamps)  # type: ignore[type-var]
             before = asyncio.all_tasks()
             count = 0
-            async with aclosing(hub.core.nodes.iterate(filter=mine, concurrency=4)) as nodes:
-                async for _ in nodes:
-                    count += 1
-                    if count == 10:
-                        break
+            async for _ in hub.core.nodes.iterate(filter=mine, concurrency=4):
+                count += 1
+                if count == 10:
+                    break
             assert asyncio.all_tasks() <= before
         finally:
             sem = asyncio.Semaphore(8)
