@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 
@@ -193,10 +194,14 @@ async def test_a_genuine_400_with_a_working_token_is_not_retried(mini_hub: MiniH
         assert mini_hub.grants == ["password"]
 
 
-async def test_wrong_password_names_the_auth_url_and_hides_the_secret(mini_hub: MiniHub) -> None:
+async def test_wrong_password_names_the_auth_url_and_hides_the_secret(
+    mini_hub: MiniHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flame_async")
     async with client_for(mini_hub, PasswordAuth("admin", "wrong-secret-xyz")) as hub:
         with pytest.raises(AuthenticationError) as info:
             await hub.core.nodes.find()
+    assert "wrong-secret-xyz" not in caplog.text
     text = str(info.value)
     assert f"{mini_hub.url}/token" in text
     assert info.value.code == "invalid_credentials"

@@ -21,6 +21,7 @@ from flame_async.errors import (
     InvalidArgument,
     NotFoundError,
     PermissionDenied,
+    RequestTimeout,
     SDKStateError,
     ServiceError,
     ServiceUnavailable,
@@ -482,3 +483,25 @@ def test_the_hub_package_exports_a_sorted_public_surface() -> None:
     for name in hub_package.__all__:
         assert getattr(hub_package, name) is not None
     assert not [n for n in hub_package.__all__ if n.startswith("_")]
+
+
+async def test_no_answer_in_time_is_a_request_timeout(mini_hub: MiniHub) -> None:
+    never = asyncio.Event()
+
+    async def stall(offset: int) -> None:
+        await never.wait()
+
+    async with client_for(mini_hub, timeout=0.2) as hub:
+        await hub.core.nodes.find()  # the token, before the list starts stalling
+        mini_hub.page_hook = stall
+        with pytest.raises(RequestTimeout):
+            await hub.core.nodes.find()
+        assert mini_hub.requests.count(("GET", "/nodes")) == 1 + 4  # retried, then given up
+        never.set()
+
+
+async def test_a_2xx_answer_that_is_not_json_is_reported(mini_hub: MiniHub) -> None:
+    mini_hub.fail_next("GET", "/nodes", Fault(200, b"<html>proxy login</html>"))
+    async with client_for(mini_hub) as hub:
+        with pytest.raises(HubResponseInvalid, match="proxy login"):
+            await hub.core.nodes.find()
