@@ -269,8 +269,7 @@ class Session:
             ("core", "/projects"),
             ("core", "/master-images"),
             ("core", "/registries"),
-            ("auth", "/realms"),
-        )
+        )  # not authup: it speaks snake_case on every Hub line
         for service, path in probes:
             answer = await self.json("GET", service, path, params=[("page[limit]", "1")])
             items = answer.get("data") if isinstance(answer, dict) else None
