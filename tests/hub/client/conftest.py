@@ -64,6 +64,7 @@ class MiniHub:
     faults: dict[tuple[str, str], list[Fault]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    analysis_buckets: list[dict[str, Any]] = field(default_factory=list)
     polls_until_executed: int = 3
     tar: bytes = b""
     url: str = ""
@@ -228,6 +229,16 @@ def build_app(hub: MiniHub) -> web.Application:
             return web.json_response(analysis, status=202)
         return _error(400, "BAD_REQUEST", f"unknown command {name}")
 
+    async def list_analysis_buckets(request: web.Request) -> web.Response:
+        q = request.query
+        items = [
+            b
+            for b in hub.analysis_buckets
+            if b["analysis_id"] == q.get("filter[analysis_id]", b["analysis_id"])
+            and b["type"] == q.get("filter[type]", b["type"])
+        ]
+        return web.json_response({"data": items, "meta": {"total": len(items)}})
+
     async def upload(request: web.Request) -> web.Response:
         reader = await request.multipart()
         created = []
@@ -264,6 +275,7 @@ def build_app(hub: MiniHub) -> web.Application:
     app.router.add_delete("/nodes/{id}", delete_node)
     app.router.add_get("/analyses/{id}", get_analysis)
     app.router.add_post("/analyses/{id}/command", command)
+    app.router.add_get("/analysis-buckets", list_analysis_buckets)
     app.router.add_post("/buckets/{id}/upload", upload)
     app.router.add_get("/buckets/{id}/stream", stream_bucket)
     app.router.add_get("/bucket-files/{id}/stream", stream_file)

@@ -505,3 +505,34 @@ async def test_a_2xx_answer_that_is_not_json_is_reported(mini_hub: MiniHub) -> N
     async with client_for(mini_hub) as hub:
         with pytest.raises(HubResponseInvalid, match="proxy login"):
             await hub.core.nodes.find()
+
+
+async def test_download_results_unpacks_the_result_bucket(
+    mini_hub: MiniHub, tmp_path: Path
+) -> None:
+    aid, bucket = str(uuid.uuid4()), str(uuid.uuid4())
+    mini_hub.analysis_buckets.append(
+        {"id": str(uuid.uuid4()), "analysis_id": aid, "type": "CODE", "external_id": None}
+    )
+    mini_hub.tar = _tar([_file("result.csv", b"a,b\n1,2\n")])
+    async with client_for(mini_hub) as hub:
+        with pytest.raises(NotFoundError, match="no RESULT bucket"):
+            await hub.download_results(aid, tmp_path / "out")
+        mini_hub.analysis_buckets.append(
+            {"id": str(uuid.uuid4()), "analysis_id": aid, "type": "RESULT", "external_id": bucket}
+        )
+        written = await hub.download_results(aid, tmp_path / "out")
+    assert [p.read_bytes() for p in written] == [b"a,b\n1,2\n"]
+    assert ("GET", f"/buckets/{bucket}/stream") in mini_hub.requests
+
+
+async def test_a_camel_case_hub_gets_camel_case_bodies(mini_hub: MiniHub) -> None:
+    mini_hub.camel = True
+    mini_hub.add_nodes(1)
+    realm = uuid.uuid4()
+    async with client_for(mini_hub, wire_case="auto") as hub:
+        node = await hub.core.nodes.create(name="camel", realm_id=realm, external_name="x")
+        assert node.realm_id == realm
+        assert node.external_name == "x"
+    assert mini_hub.nodes[-1]["realmId"] == str(realm)
+    assert mini_hub.nodes[-1]["externalName"] == "x"
