@@ -86,8 +86,11 @@ RegistryCommand: TypeAlias = (
 class AnalysesResource(Resource[Analysis, AnalysisCreate, AnalysisUpdate]):
     """``/analyses``, with commands and waiting for a state."""
 
-    async def command(self, analysis: Ref, name: AnalysisCommand) -> Analysis:
-        """Send a command to the analysis (``POST /analyses/<id>/command``); not retried.
+    async def command(
+        self, analysis: Ref, name: AnalysisCommand, *, retry_unsafe: bool = False
+    ) -> Analysis:
+        """Send a command to the analysis (``POST /analyses/<id>/command``); not retried once
+        sent unless ``retry_unsafe``.
 
         Raises:
             ServiceError: The Hub failed (the 0.8 line without RabbitMQ answers 500 "The amqp
@@ -97,7 +100,11 @@ class AnalysesResource(Resource[Analysis, AnalysisCreate, AnalysisUpdate]):
         """
         aid = id_of(analysis)
         answer = await self._session.json(
-            "POST", "core", f"/analyses/{aid}/command", body=Payload.json({"command": name})
+            "POST",
+            "core",
+            f"/analyses/{aid}/command",
+            body=Payload.json({"command": name}),
+            retry_unsafe=retry_unsafe,
         )
         return parse(Analysis, answer, self._url(f"/{aid}/command"))
 

@@ -536,3 +536,15 @@ async def test_a_camel_case_hub_gets_camel_case_bodies(mini_hub: MiniHub) -> Non
         assert node.external_name == "x"
     assert mini_hub.nodes[-1]["realmId"] == str(realm)
     assert mini_hub.nodes[-1]["externalName"] == "x"
+
+
+def test_retry_classification() -> None:
+    from flame_async.hub._session import hub_retryable
+
+    def status(code: int) -> ServiceError:
+        return hub_error(code, b"", {}, service="hub core", method="GET", url="u")
+
+    assert all(hub_retryable(status(s)) for s in (429, 502, 503, 504))
+    assert not any(hub_retryable(status(s)) for s in (400, 401, 403, 404, 409, 500))
+    assert hub_retryable(ServiceUnavailable("down", service="s", method="GET", url="u"))
+    assert hub_retryable(RequestTimeout("slow", service="s", method="GET", url="u"))
