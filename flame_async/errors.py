@@ -7,7 +7,8 @@ standard exception, the error also derives from it, so ``except TimeoutError`` o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -16,6 +17,9 @@ __all__ = [
     "DataAccessError",
     "DataSourceError",
     "FlameError",
+    "HubConflict",
+    "HubRequestInvalid",
+    "HubResponseInvalid",
     "IncompleteResponse",
     "InvalidArgument",
     "MessageTimeout",
@@ -24,6 +28,7 @@ __all__ = [
     "NotAggregatorError",
     "NotFoundError",
     "PeerFailed",
+    "PermissionDenied",
     "PickleNotAllowed",
     "RemoteError",
     "RequestTimeout",
@@ -42,16 +47,17 @@ class FlameError(Exception):
 
 
 class ConfigError(FlameError, ValueError):
-    """The node configuration (environment variables or overrides) is missing or malformed.
+    """The node configuration (environment variables or overrides) is missing or malformed;
+    also raised for a Hub client's configuration (``what`` names which one).
 
     Attributes:
         problems: One human-readable line per problem found; all problems are reported at once.
     """
 
-    def __init__(self, problems: Iterable[str]) -> None:
+    def __init__(self, problems: Iterable[str], *, what: str = "FLAME node configuration") -> None:
         self.problems: tuple[str, ...] = tuple(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid FLAME node configuration:\n{lines}")
+        super().__init__(f"invalid {what}:\n{lines}")
 
 
 class InvalidArgument(FlameError, ValueError):
@@ -135,18 +141,42 @@ class ServiceError(TransportError):
 
     Attributes:
         status: The HTTP status code.
-        detail: The error text the service sent (its ``detail`` field when it sent JSON).
+        detail: The error text the service sent (its ``detail`` field when it sent JSON; the
+            FLAME Hub's ``message``).
+        code: The service's own error code, when it sends one (the Hub's ``code``, e.g.
+            ``invalid_credentials``); empty otherwise.
+        issues: Validation issues the service listed (the Hub's ``issues``); empty otherwise.
+        retry_after: Seconds the service asked the client to wait (``Retry-After``), if any.
     """
 
     def __init__(
-        self, *, service: str, method: str, url: str, status: int, detail: str = ""
+        self,
+        *,
+        service: str,
+        method: str,
+        url: str,
+        status: int,
+        detail: str = "",
+        code: str = "",
+        issues: Sequence[Any] = (),
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
         self.detail = detail
+        self.code = code
+        self.issues: tuple[Any, ...] = tuple(issues)
+        self.retry_after = retry_after
         text = f"{service} answered {status} to {method} {url}"
+        if code:
+            text += f" ({code})"
         if detail:
             text += f": {detail}"
         super().__init__(text, service=service, method=method, url=url)
+
+    @property
+    def message(self) -> str:
+        """The error text the service sent (the same as :attr:`detail`)."""
+        return self.detail
 
 
 class NotFoundError(ServiceError, LookupError):
@@ -155,6 +185,43 @@ class NotFoundError(ServiceError, LookupError):
 
 class AuthenticationError(ServiceError, PermissionError):
     """The service answered 401 or 403: the token is missing, expired or not allowed."""
+
+
+class PermissionDenied(AuthenticationError):
+    """The FLAME Hub answered 403: the caller is authenticated but not allowed to do this."""
+
+
+class HubRequestInvalid(ServiceError, ValueError):
+    """The FLAME Hub refused a request as malformed (400 or 422); :attr:`issues` says why."""
+
+
+class HubConflict(ServiceError):
+    """The FLAME Hub answered 409: the object exists already or the change conflicts."""
+
+
+class HubResponseInvalid(FlameError):
+    """The FLAME Hub answered 2xx with a body that does not fit the expected model.
+
+    A :class:`FlameError`, not a :class:`ServiceError`: the exchange succeeded, its content
+    did not make sense to this client (typically a Hub release this client does not know).
+
+    Attributes:
+        model: The name of the model the body was validated against.
+        url: Where the body came from.
+        errors: The first validation errors (pydantic's ``errors()`` entries, at most five).
+    """
+
+    def __init__(self, model: str, url: str, errors: Sequence[Any]) -> None:
+        self.model = model
+        self.url = url
+        self.errors: tuple[Any, ...] = tuple(errors)[:5]
+        shown = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', e)}"
+            if isinstance(e, dict)
+            else str(e)
+            for e in self.errors
+        )
+        super().__init__(f"the Hub's answer from {url} is not a valid {model}: {shown}")
 
 
 class MessageTimeout(FlameError, TimeoutError):

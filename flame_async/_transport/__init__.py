@@ -5,7 +5,7 @@ call :class:`GatewayClient`), transports carry them, and every failure, also whi
 read, arrives as a :class:`~flame_async.errors.TransportError`.
 """
 
-from ._aiohttp import AiohttpTransport, aiohttp_data
+from ._aiohttp import AiohttpTransport, aiohttp_data, aiohttp_send
 from ._base import DirectWebhook, Transport
 from ._client import GatewayClient, GatewayHealth, parse_answer
 from ._errors import RETRYABLE_STATUS, detail_of, is_retryable, retry_call, status_error
@@ -48,6 +48,7 @@ __all__ = [
     "Transport",
     "aiohttp_app",
     "aiohttp_data",
+    "aiohttp_send",
     "detail_of",
     "is_retryable",
     "lower_headers",

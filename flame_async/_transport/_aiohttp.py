@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -37,7 +37,7 @@ from ._server import NodeApiMount, serve_handler
 if TYPE_CHECKING:
     from ..config import FlameConfig
 
-__all__ = ["AiohttpTransport", "aiohttp_data"]
+__all__ = ["AiohttpTransport", "aiohttp_data", "aiohttp_send"]
 
 log = logging.getLogger("flame_async.transport")
 
@@ -112,12 +112,16 @@ class _AiohttpResponse(Response):
             raw.status,
             headers=raw.headers,  # case-insensitive already: no copy
             content_length=raw.content_length,
+            on_close=self._release,
         )
         self._raw = raw
         self._where = where  # service, method, url
 
     def release(self) -> None:
         """Give the connection back to the pool."""
+        self._raw.release()
+
+    async def _release(self) -> None:  # aclose(): the same, for users of the Response type
         self._raw.release()
 
     def _failed(self, exc: BaseException) -> TransportError:
@@ -311,18 +315,15 @@ class AiohttpTransport:
             else self._url(request.path)
         )
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_connect=request.connect_timeout)
-        try:
-            raw = await session.request(
-                request.method,
-                url,
-                data=aiohttp_data(request.body),
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc, request.service, request.method, str(url)) from exc
-        return _AiohttpResponse(raw, (request.service, request.method, str(url)))
+        return await aiohttp_send(
+            session,
+            request.method,
+            url,
+            data=aiohttp_data(request.body),
+            headers=request.headers,
+            timeout=timeout,
+            service=request.service,
+        )
 
     async def serve(self, handler: Handler, *, task_status: TaskStatus[int | None]) -> None:
         """Serve ``handler`` over HTTP on the API address (or the handed-over socket).
@@ -349,6 +350,47 @@ class AiohttpTransport:
             sock=sock,
             task_status=task_status,
         )
+
+
+async def aiohttp_send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    *,
+    data: Any,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+    service: str,
+    shown_url: str | None = None,
+) -> _AiohttpResponse:
+    """Send one request over ``session``: aiohttp's failures become FlameErrors, also while the
+    answer's body is read later. The one place where any client of the project meets aiohttp.
+
+    Args:
+        session: The session (its owner keeps it open).
+        method: The HTTP method.
+        url: The full URL, as sent.
+        data: The body in aiohttp's terms (see :func:`aiohttp_data`).
+        headers: Request header fields.
+        timeout: aiohttp's timeouts for this request.
+        service: The service named in errors.
+        shown_url: The URL as errors show it (e.g. without query secrets); ``url`` when omitted.
+
+    Raises:
+        ServiceUnavailable: The service could not be reached, or the connection broke.
+        RequestTimeout: No answer in time.
+
+    Cancellation:
+        The request is abandoned; aiohttp closes its connection.
+    """
+    shown = str(url) if shown_url is None else shown_url
+    try:
+        raw = await session.request(
+            method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _translate(exc, service, method, shown) from exc
+    return _AiohttpResponse(raw, (service, method, shown))
 
 
 def _translate(exc: BaseException, service: str, method: str, url: str) -> TransportError:

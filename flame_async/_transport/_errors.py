@@ -74,6 +74,10 @@ async def retry_call(
 ) -> T:
     """Run ``call`` until it succeeds, retrying retryable failures per ``policy``.
 
+    A :class:`~flame_async.errors.ServiceError` carrying ``retry_after`` (a ``Retry-After``
+    header) waits at least that long before the next try, also under ``policy.instant``: the
+    service asked for it, and a deadline too short for the wait ends the retrying instead.
+
     Raises:
         TransportError: The last failure, once attempts or the deadline are used up, or at once
             when it is not retryable.
@@ -90,6 +94,8 @@ async def retry_call(
             if not retryable(exc):
                 raise
             delay = next(delays, None)
+            if delay is not None and isinstance(exc, ServiceError) and exc.retry_after:
+                delay = max(delay, exc.retry_after)  # the service asked for at least this
             if delay is None or time.monotonic() - started + delay > policy.deadline:
                 raise
             log.debug("%s failed (%s); retrying in %.3f s", what, exc, delay)
