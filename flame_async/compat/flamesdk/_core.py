@@ -35,7 +35,7 @@ from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ...config import FlameConfig, node_environ, node_transport
-from ...errors import FlameError, InvalidArgument
+from ...errors import FlameError, InvalidArgument, PeerFailed
 from ...models import Message as _Message
 from ...models import NodeRole
 from ...sdk import FlameSDK
@@ -370,6 +370,12 @@ class FlameCoreSDK:
             self._scopes.add(scope)
             try:
                 return await func(*args)
+            except PeerFailed as exc:
+                if exc.status != "executed":
+                    raise
+                # the peer finished the analysis (flamesdk: this node is finished too, and
+                # the PO ends it); a wait on it ends the node, not the analysis with an error
+                self._finish()
             finally:
                 self._scopes.discard(scope)
         return _CANCELLED
