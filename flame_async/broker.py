@@ -608,7 +608,9 @@ class BrokerService:
         protocol = self.protocol
         if node_id in protocol.ordered_senders or node_id in protocol.ordered_peers:
             return False
-        if node_id in protocol.legacy_senders:
+        # flame-async numbers its messages and says so in its acknowledgements: a peer heard
+        # from (a message or an acknowledgement) that did neither runs flamesdk
+        if node_id in protocol.legacy_senders or node_id in protocol.heard_from:
             return True
         return None
 
