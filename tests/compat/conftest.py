@@ -44,15 +44,13 @@ SITECUSTOMIZE = '''\
 import os
 
 if os.environ.get("FLAMESDK_API_FD"):
+    import socket
+
     import uvicorn
 
-    _run = uvicorn.run
-
     def run(app, *args, **kwargs):
-        kwargs.pop("host", None)
-        kwargs.pop("port", None)
-        kwargs.setdefault("log_level", "warning")
-        return _run(app, fd=int(os.environ["FLAMESDK_API_FD"]), **kwargs)
+        sock = socket.socket(fileno=int(os.environ["FLAMESDK_API_FD"]))  # family detected
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
     uvicorn.run = run
 '''
