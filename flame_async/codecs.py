@@ -389,7 +389,7 @@ def encode_flamesdk_pickle(value: object) -> Encoded:
     """
     try:
         payload = pickle.dumps(value)
-    except Exception as exc:  # noqa: BLE001 - any pickling failure is the value's
+    except Exception as exc:  # any pickling failure is the value's
         raise CodecError(f"cannot pickle a {type(value).__name__} for flamesdk: {exc}") from exc
     return _encoded(_PICKLE, (payload,), "application/octet-stream", ".pkl")
 

@@ -1006,8 +1006,6 @@ async def _run_compat_threads(
     portal thread. A thread still running when the run stops is ended with
     :class:`~flame_async.compat.flamesdk.AnalysisEnded`, and its node leaves the analysis.
     """
-    from .compat.flamesdk._core import close_thread_instances
-    from .compat.flamesdk._ending import AnalysisEnded, raise_in_thread
     from .compat.flamesdk._launch import run_in_thread
 
     source = _check_file(script)
@@ -1021,7 +1019,7 @@ async def _run_compat_threads(
     )
     _check_file_limit(len(platform.node_ids), mode="inprocess", transport="http")
     _prepare(platform, data=data, out_dir=out_dir, force=force)
-    folder = str(script.resolve().parent)
+    folder = str((await anyio.Path(script).resolve()).parent)
     if folder not in sys.path:  # as 'python SCRIPT' does: sibling modules import
         sys.path.insert(0, folder)
     if on_start is not None:
@@ -1032,35 +1030,9 @@ async def _run_compat_threads(
         transport = run.platform.transport_for(node)
         with use_environ(node.env), use_transport(lambda config: transport):
             context = contextvars.copy_context()
-        token = anyio.lowlevel.current_token()
-        done = anyio.Event()
-        lock = threading.Lock()
-        state: dict[str, Any] = {"running": True, "error": None}
-
-        def target() -> None:
-            try:
-                context.run(run_in_thread, script, source)
-            except BaseException as exc:  # noqa: BLE001 - the node's failure is its outcome
-                state["error"] = exc
-            finally:
-                with lock:
-                    state["running"] = False
-                with contextlib.suppress(RuntimeError):  # the run's loop is gone
-                    anyio.from_thread.run_sync(done.set, token=token)
-
-        thread = threading.Thread(target=target, name=f"flamesdk-{node.node_id}", daemon=True)
-        thread.start()
-        try:
-            await done.wait()
-        except anyio.get_cancelled_exc_class():
-            with lock:  # the run stopped: end the analysis code, leave the analysis
-                if state["running"] and thread.ident is not None:
-                    raise_in_thread(thread.ident, AnalysisEnded)
-            if thread.ident is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(close_thread_instances, thread.ident)
-            raise
-        error = state["error"]
+        error = await _compat_thread(
+            lambda: context.run(run_in_thread, script, source), f"flamesdk-{node.node_id}"
+        )
         if error is None:
             outcome.status = "executed"
             return
@@ -1078,3 +1050,47 @@ async def _run_compat_threads(
         mode="inprocess",
         script=str(script),
     )
+
+
+async def _compat_thread(target: Callable[[], None], name: str) -> BaseException | None:
+    """Run ``target`` (a node's flamesdk analysis) in a thread of its own; what it raised.
+
+    Cancellation:
+        The thread's analysis code is ended with
+        :class:`~flame_async.compat.flamesdk.AnalysisEnded` and its node leaves the analysis
+        before this returns (the node's own shutdown steps bound the wait).
+    """
+    from .compat.flamesdk._core import close_thread_instances
+    from .compat.flamesdk._ending import AnalysisEnded, raise_in_thread
+
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    lock = threading.Lock()
+    state: dict[str, Any] = {"running": True, "error": None}
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - the node's failure is its outcome
+            state["error"] = exc
+        finally:
+            with lock:
+                state["running"] = False
+            with contextlib.suppress(RuntimeError):  # the run's loop is gone
+                anyio.from_thread.run_sync(done.set, token=token)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        await done.wait()
+    except anyio.get_cancelled_exc_class():
+        ident = thread.ident
+        with lock:  # the run stopped: end the analysis code, leave the analysis
+            if state["running"] and ident is not None:
+                raise_in_thread(ident, AnalysisEnded)
+        if ident is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close_thread_instances, ident)
+        raise
+    error: BaseException | None = state["error"]
+    return error

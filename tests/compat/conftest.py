@@ -37,7 +37,7 @@ FLAMESDK_PINS = ("httpx==0.27.0", "fastapi==0.110.0", "uvicorn==0.27.1", "opendp
 
 CACHE = Path(os.environ.get("FLAME_ASYNC_TEST_CACHE", "/tmp/flame-async-cache"))
 
-SITECUSTOMIZE = '''\
+SITECUSTOMIZE = """\
 # flame-async tests: flamesdk hard-codes uvicorn.run(app, host="0.0.0.0", port=8000). With
 # FLAMESDK_API_FD set, serve on that inherited socket instead (the test's platform bound it on
 # 127.0.0.1 and knows its port).
@@ -53,7 +53,7 @@ if os.environ.get("FLAMESDK_API_FD"):
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
     uvicorn.run = run
-'''
+"""
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ def run_cli(script: Path, mode: str, data: Path, out: Path, cwd: Path) -> str:
     """``flame-async run --flamesdk-compat SCRIPT`` on 3 nodes; its output (asserting 0)."""
     env = {**os.environ, "PYTHONPATH": node_pythonpath(), "MPLBACKEND": "Agg"}
     done = subprocess.run(
-        [sys.executable, "-m", "flame_async", "run", "--flamesdk-compat", "--plain"]
-        + ["--mode", mode, "--nodes", "3", "--data", str(data), "--out", str(out)]
-        + ["--timeout", "50", str(script)],
+        [
+            *(sys.executable, "-m", "flame_async", "run", "--flamesdk-compat", "--plain"),
+            *("--mode", mode, "--nodes", "3", "--data", str(data), "--out", str(out)),
+            *("--timeout", "50", str(script)),
+        ],
         cwd=cwd,
         env=env,
         capture_output=True,

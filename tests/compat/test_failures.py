@@ -21,8 +21,10 @@ SCRIPT = Path(__file__).parent / "analyses" / "raises_on_node_2.py"
 def test_a_raising_node_ends_the_run_and_is_named(tmp_path: Path, mode: str) -> None:
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "flame_async", "run", "--flamesdk-compat", "--plain"]
-        + ["--mode", mode, "--out", str(out), "--timeout", "50", str(SCRIPT)],
+        [
+            *(sys.executable, "-m", "flame_async", "run", "--flamesdk-compat", "--plain"),
+            *("--mode", mode, "--out", str(out), "--timeout", "50", str(SCRIPT)),
+        ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=tmp_path,
         capture_output=True,

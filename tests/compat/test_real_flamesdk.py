@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -31,7 +32,7 @@ SCRIPT = EXAMPLES / "run_star_model.py"
 
 async def until(condition: Callable[[], bool]) -> None:
     """Wait for a condition the platform's state shows (it offers no event for these)."""
-    while not condition():
+    while not condition():  # noqa: ASYNC110 - the platform keeps node status, not an event
         await anyio.sleep(0.05)
 
 
@@ -59,7 +60,7 @@ async def test_star_with_one_flamesdk_node_gives_the_same_result(
                 )
         # flamesdk re-sends a ready check only after 30 s: its partners listen first
         for node_id in compat:
-            await until(lambda n=node_id: platform.status(n) == "executing")
+            await until(partial(lambda n: platform.status(n) == "executing", node_id))
         node = platform.node(flamesdk_node)
         api = platform.bind_api(flamesdk_node)
         env = {

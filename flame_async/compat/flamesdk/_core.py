@@ -28,13 +28,14 @@ import sys
 import threading
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ...config import FlameConfig, node_environ, node_transport
+from ...data import FhirClient, S3Client
 from ...errors import FlameError, InvalidArgument, PeerFailed
 from ...models import Message as _Message
 from ...models import NodeRole
@@ -142,7 +143,9 @@ class Message:
 
     def __repr__(self) -> str:
         meta = self.body["meta"]
-        return f"<Message {meta['id']} from {meta['sender']} ({meta['category']}, {meta['status']})>"
+        return (
+            f"<Message {meta['id']} from {meta['sender']} ({meta['category']}, {meta['status']})>"
+        )
 
 
 _instances: dict[int, list[FlameCoreSDK]] = {}
@@ -234,10 +237,11 @@ class FlameCoreSDK:
             start_blocking_portal(name=f"flamesdk-compat-{config.analysis_id[:8]}")
         )
         try:
-            self._served, self._sdk = self._portal.start_task(self._serve, sdk)
+            self._served, started = self._portal.start_task(self._serve, sdk)
         except BaseException as exc:
             self._stack.close()
             raise FlameCoreSDKError(f"the node could not join the analysis: {exc}") from exc
+        self._sdk: FlameSDK = started
         self.config = NodeConfig(config, sdk.node_id, sdk.role.value)
         self.flame_api = None
         """flamesdk's REST API object; the node API here belongs to the ``FlameSDK``."""
@@ -363,7 +367,7 @@ class FlameCoreSDK:
                 ending = self._ending
         if ending or isinstance(result, _Cancelled):
             raise AnalysisEnded()
-        return result
+        return cast("T", result)
 
     async def _guarded(self, func: Callable[..., Awaitable[T]], *args: Any) -> T | _Cancelled:
         with anyio.CancelScope() as scope:
@@ -497,7 +501,7 @@ class FlameCoreSDK:
 
     def get_progress(self) -> int:
         """Progress in whole percent."""
-        return self._sdk.get_progress()
+        return int(self._sdk.get_progress())
 
     def set_progress(self, progress: float) -> None:
         """Set the progress in percent (0-100; floats are truncated; lower values than the
@@ -572,14 +576,10 @@ class FlameCoreSDK:
         found = [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
         page = bundle
         while (link := _next_link(page)) is not None:
-            clients = [
-                self._sdk.get_data_client(s)
-                for s in self._sdk.get_data_sources()
-                if s.kind.value == "fhir"
-            ]
+            clients = [c for c in self._clients() if isinstance(c, FhirClient)]
             if not clients:
                 break
-            page = await clients[0].get(link)  # type: ignore[union-attr]
+            page = await clients[0].get(link)
             found.extend(e["resource"] for e in page.get("entry", []) if "resource" in e)
         return found
 
@@ -632,7 +632,9 @@ class FlameCoreSDK:
         Raises:
             PeerFailed: A sender ended before sending (flamesdk waited forever).
         """
-        return self._call(self._await_messages, list(senders), message_category, message_id, timeout)
+        return self._call(
+            self._await_messages, list(senders), message_category, message_id, timeout
+        )
 
     async def _await_messages(
         self,
@@ -645,9 +647,7 @@ class FlameCoreSDK:
 
         def matches(m: Message) -> bool:
             meta = m.body["meta"]
-            return meta["category"] == category and (
-                message_id is None or meta["id"] == message_id
-            )
+            return meta["category"] == category and (message_id is None or meta["id"] == message_id)
 
         async def one(sender: str) -> None:
             mine = [
@@ -745,7 +745,9 @@ class FlameCoreSDK:
         """Send, then wait for messages of the same category from each receiver, all within
         ``timeout`` (None: until each answered; flamesdk crashed on None)."""
         started = _dt.datetime.now(_dt.UTC)
-        self.send_message(receivers, message_category, message, max_attempts, timeout, attempt_timeout)
+        self.send_message(
+            receivers, message_category, message, max_attempts, timeout, attempt_timeout
+        )
         left = None
         if timeout is not None:
             spent = (_dt.datetime.now(_dt.UTC) - started).total_seconds()
@@ -846,7 +848,11 @@ class FlameCoreSDK:
 
         async def save_local() -> dict[str, str]:
             info = await self._sdk.save_intermediate_result_local(data, tag=tag, allow_pickle=True)
-            return {"status": "success", "url": str(info.other.get("url", "")), "id": info.result_id}
+            return {
+                "status": "success",
+                "url": str(info.other.get("url", "")),
+                "id": info.result_id,
+            }
 
         return self._call(save_local)
 
@@ -942,7 +948,9 @@ class FlameCoreSDK:
         """Wait for each sender's announcement and read its data: ``{sender: data | None}``
         (the last announcement per sender counts, as in flamesdk)."""
         data: dict[str, Any] = dict.fromkeys(senders)
-        for sender, messages in self.await_messages(senders, message_category, timeout=timeout).items():
+        for sender, messages in self.await_messages(
+            senders, message_category, timeout=timeout
+        ).items():
             if messages:
                 ids = messages[-1].body.get("result_id") or {}
                 query = ids.get(self.config.node_id)
@@ -954,7 +962,7 @@ class FlameCoreSDK:
                 data[sender] = self.get_intermediate_data("global", query=query)
         return data
 
-    def get_local_tags(self, filter: str | None = None) -> list[str]:  # noqa: A002 - flamesdk's
+    def get_local_tags(self, filter: str | None = None) -> list[str]:
         """Tags of this project's local data (containing ``filter`` if given)."""
         tags = self._call(self._sdk.get_local_tags)
         return [t for t in tags if filter is None or filter in t]
@@ -997,13 +1005,11 @@ class FlameCoreSDK:
             return None
 
         async def fetch() -> list[dict[str, Any]]:
-            out = []
-            for source in self._sdk.get_data_sources():
-                if source.kind.value != "fhir":
-                    continue
-                client = self._sdk.get_data_client(source)
-                out.append({q: await client.get(q) for q in queries})  # type: ignore[misc]
-            return out
+            return [
+                {q: await client.get(q) for q in queries}
+                for client in self._clients()
+                if isinstance(client, FhirClient)
+            ]
 
         return self._call(fetch)
 
@@ -1015,16 +1021,17 @@ class FlameCoreSDK:
 
         async def fetch() -> list[dict[str, bytes]]:
             out = []
-            for source in self._sdk.get_data_sources():
-                if source.kind.value != "s3":
-                    continue
-                client = self._sdk.get_data_client(source)
-                names = await client.list()  # type: ignore[union-attr]
-                chosen = [n for n in names if not keys or n in keys]
-                out.append({n: await client.get(n) for n in chosen})  # type: ignore[misc]
+            for client in self._clients():
+                if isinstance(client, S3Client):
+                    names = [n for n in await client.list() if not keys or n in keys]
+                    out.append({n: await client.get(n) for n in names})
             return out
 
         return self._call(fetch)
+
+    def _clients(self) -> list[FhirClient | S3Client]:
+        """A client per data source, in the hub-adapter's order (flamesdk's ``data[i]``)."""
+        return [self._sdk.get_data_client(s) for s in self._sdk.get_data_sources()]
 
     # ------------------------------------------------------------ peers
 
@@ -1080,4 +1087,3 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
         if link.get("relation") == "next" and "/fhir/" in str(link.get("url", "")):
             return str(link["url"]).rsplit("/fhir/", 1)[1]
     return None
-

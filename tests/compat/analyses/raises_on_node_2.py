@@ -4,7 +4,7 @@ flamesdk would log the error and sleep 1000 s while the aggregator waits forever
 compatibility layer the run ends at once and names node-2.
 """
 
-from flamesdk import FlameCoreSDK
+from flamesdk import FlameCoreSDK  # type: ignore[import-not-found]  # the compat layer
 
 flame = FlameCoreSDK()
 if flame.get_role() == "aggregator":
