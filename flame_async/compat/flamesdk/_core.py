@@ -352,7 +352,7 @@ class FlameCoreSDK:
             AnalysisEnded: The node has left the analysis (before or during the call).
         """
         with self._lock:
-            if self._ending or self._closing:
+            if self._ending or self._closing or self._finished_by_analysis:
                 raise AnalysisEnded()
             self._in_call += 1
         try:
