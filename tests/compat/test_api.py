@@ -25,7 +25,8 @@ from flame_async.compat.flamesdk import (
     Message,
 )
 from flame_async.compat.flamesdk._ending import raise_in_thread
-from flame_async.config import use_environ, use_transport
+from flame_async._transport import Transport
+from flame_async.config import FlameConfig, use_environ, use_transport
 from flame_async.errors import PickleNotAllowed
 from flame_async.local import LocalPlatform
 
@@ -58,7 +59,11 @@ async def compat_nodes(count: int = 3) -> AsyncIterator[dict[str, FlameCoreSDK]]
         try:
             for node in platform.nodes:
                 transport = platform.transport_for(node)
-                with use_environ(node.env), use_transport(lambda config, t=transport: t):
+
+                def given(config: FlameConfig, t: Transport = transport) -> Transport:
+                    return t
+
+                with use_environ(node.env), use_transport(given):
                     flames[node.node_id] = await call(FlameCoreSDK, end_thread_when_finished=False)
             yield flames
         finally:
@@ -215,7 +220,7 @@ def test_import_flamesdk_resolves_to_the_compat_layer() -> None:
 
 def test_an_asynchronous_exit_ends_a_bare_busy_loop() -> None:
     started = threading.Event()
-    ended: list[BaseException] = []
+    ended: list[AnalysisEnded] = []
 
     def spin() -> None:
         started.set()
