@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 
+from flame_async._transport import Transport
 from flame_async.compat import flamesdk as compat
 from flame_async.compat.flamesdk import (
     AnalysisEnded,
@@ -25,7 +26,6 @@ from flame_async.compat.flamesdk import (
     Message,
 )
 from flame_async.compat.flamesdk._ending import raise_in_thread
-from flame_async._transport import Transport
 from flame_async.config import FlameConfig, use_environ, use_transport
 from flame_async.errors import PickleNotAllowed
 from flame_async.local import LocalPlatform
