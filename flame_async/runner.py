@@ -38,6 +38,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import orjson
+from anyio.from_thread import BlockingPortal
 from pydantic import ValidationError
 
 from ._failures import Failure, describe, from_exception, from_stderr, user_location
@@ -1006,6 +1007,7 @@ async def _run_compat_threads(
     portal thread. A thread still running when the run stops is ended with
     :class:`~flame_async.compat.flamesdk.AnalysisEnded`, and its node leaves the analysis.
     """
+    from .compat.flamesdk._core import use_host_portal
     from .compat.flamesdk._launch import run_in_thread
 
     source = _check_file(script)
@@ -1028,7 +1030,11 @@ async def _run_compat_threads(
     async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
         outcome.status = "running"
         transport = run.platform.transport_for(node)
-        with use_environ(node.env), use_transport(lambda config: transport):
+        with (
+            use_environ(node.env),
+            use_transport(lambda config: transport),
+            use_host_portal(portal),  # the node's FlameSDK runs in this loop, as native ones
+        ):
             context = contextvars.copy_context()
         error = await _compat_thread(
             lambda: context.run(run_in_thread, script, source), f"flamesdk-{node.node_id}"
@@ -1040,16 +1046,21 @@ async def _run_compat_threads(
         full = "".join(traceback.format_exception(error))
         outcome.fail(from_exception(error), run.now(), full_traceback=full)
 
-    return await _run_nodes(
-        start,
-        platform,
-        out_dir=out_dir,
-        timeout=timeout,
-        fail_fast_grace=fail_fast_grace,
-        observer=observer,
-        mode="inprocess",
-        script=str(script),
-    )
+    async with BlockingPortal() as portal:
+        try:
+            result = await _run_nodes(
+                start,
+                platform,
+                out_dir=out_dir,
+                timeout=timeout,
+                fail_fast_grace=fail_fast_grace,
+                observer=observer,
+                mode="inprocess",
+                script=str(script),
+            )
+        finally:
+            await portal.stop(cancel_remaining=True)  # a node that did not leave in time
+    return result
 
 
 async def _compat_thread(target: Callable[[], None], name: str) -> BaseException | None:

@@ -13,6 +13,7 @@ differences are listed in ``docs/howto/migrating.md`` ("The flamesdk compatibili
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -27,8 +28,9 @@ import secrets
 import sys
 import threading
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, Final, Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -42,7 +44,14 @@ from ...models import NodeRole
 from ...sdk import FlameSDK
 from ._ending import AnalysisEnded, raise_in_thread
 
-__all__ = ["FlameCoreSDK", "FlameCoreSDKError", "Message", "NodeConfig", "close_thread_instances"]
+__all__ = [
+    "FlameCoreSDK",
+    "FlameCoreSDKError",
+    "Message",
+    "NodeConfig",
+    "close_thread_instances",
+    "use_host_portal",
+]
 
 log = logging.getLogger("flame_async.compat.flamesdk")
 
@@ -148,6 +157,27 @@ class Message:
         )
 
 
+_HOST_PORTAL: ContextVar[BlockingPortal | None] = ContextVar(
+    "flame_async_compat_portal", default=None
+)
+
+
+@contextlib.contextmanager
+def use_host_portal(portal: BlockingPortal) -> Iterator[None]:
+    """Make every ``FlameCoreSDK`` created in the current context (and threads started with a
+    copy of it) run its ``FlameSDK`` on ``portal``'s event loop instead of a loop of its own.
+
+    The in-process runner does this: its nodes then share the loop of the local platform, as
+    native in-process nodes do, instead of crossing threads for every request (see
+    ``benchmarks/compat.py``). The portal's owner keeps it running until the nodes closed.
+    """
+    token = _HOST_PORTAL.set(portal)
+    try:
+        yield
+    finally:
+        _HOST_PORTAL.reset(token)
+
+
 _instances: dict[int, list[FlameCoreSDK]] = {}
 _instances_lock = threading.Lock()
 
@@ -219,7 +249,8 @@ class FlameCoreSDK:
         self._closing = False
         self._failure: BaseException | None = None
         self._inbox: list[Message] = []
-        self._scopes: set[anyio.CancelScope] = set()
+        self._calls: set[asyncio.Task[Any]] = set()
+        """The analysis's calls running on the node's loop."""
         self._stop: anyio.Event | None = None
         self._finished_by_analysis = False
         config = FlameConfig.from_env(node_environ())  # the caller's node (runner threads)
@@ -233,7 +264,8 @@ class FlameCoreSDK:
             aggregator_requires_data=aggregator_requires_data,
         )
         self._stack = contextlib.ExitStack()
-        self._portal: BlockingPortal = self._stack.enter_context(
+        host = _HOST_PORTAL.get()
+        self._portal: BlockingPortal = host or self._stack.enter_context(
             start_blocking_portal(name=f"flamesdk-compat-{config.analysis_id[:8]}")
         )
         try:
@@ -242,6 +274,7 @@ class FlameCoreSDK:
             self._stack.close()
             raise FlameCoreSDKError(f"the node could not join the analysis: {exc}") from exc
         self._sdk: FlameSDK = started
+        self._loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
         self.config = NodeConfig(config, sdk.node_id, sdk.role.value)
         self.flame_api = None
         """flamesdk's REST API object; the node API here belongs to the ``FlameSDK``."""
@@ -280,8 +313,8 @@ class FlameCoreSDK:
                     failure = self._failure
                     raise _AnalysisFailed(f"{type(failure).__name__}: {failure}") from failure
         finally:
-            for scope in list(self._scopes):  # waits of the analysis end with the node
-                scope.cancel()
+            for task in list(self._calls):  # waits of the analysis end with the node
+                task.cancel()
             if self._finished_by_analysis:
                 self._end_owner()
 
@@ -356,32 +389,38 @@ class FlameCoreSDK:
                 raise AnalysisEnded()
             self._in_call += 1
         try:
-            result = self._portal.call(self._guarded, func, *args)
-        except RuntimeError as exc:
-            if "portal is not running" in str(exc) or "closed" in str(exc):
+            # straight onto the node's loop: half the cost of a portal call (which also
+            # builds a cancel scope and a task group per call); the loop is the portal's
+            try:
+                future = asyncio.run_coroutine_threadsafe(self._guarded(func, *args), self._loop)
+            except RuntimeError:  # the loop is closed: the node is gone
                 raise AnalysisEnded() from None
-            raise
+            try:
+                result = future.result()
+            except concurrent.futures.CancelledError:  # the node ended while the call waited
+                raise AnalysisEnded() from None
         finally:
             with self._lock:
                 self._in_call -= 1
                 ending = self._ending
         if ending or isinstance(result, _Cancelled):
             raise AnalysisEnded()
-        return cast("T", result)
+        return result
 
     async def _guarded(self, func: Callable[..., Awaitable[T]], *args: Any) -> T | _Cancelled:
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                return await func(*args)
-            except PeerFailed as exc:
-                if exc.status != "executed":
-                    raise
-                # the peer finished the analysis (flamesdk: this node is finished too, and
-                # the PO ends it); a wait on it ends the node, not the analysis with an error
-                self._finish()
-            finally:
-                self._scopes.discard(scope)
+        task = asyncio.current_task()
+        assert task is not None  # run_coroutine_threadsafe runs it as a task
+        self._calls.add(task)
+        try:
+            return await func(*args)
+        except PeerFailed as exc:
+            if exc.status != "executed":
+                raise
+            # the peer finished the analysis (flamesdk: this node is finished too, and the
+            # PO ends it); a wait on it ends the node, not the analysis with an error
+            self._finish()
+        finally:
+            self._calls.discard(task)
         return _CANCELLED
 
     # ------------------------------------------------------------ general
