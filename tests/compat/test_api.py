@@ -239,3 +239,54 @@ def test_an_asynchronous_exit_ends_a_bare_busy_loop() -> None:
     assert not thread.is_alive()
     assert len(ended) == 1
     assert ended[0].code == 0
+
+
+OBSERVATIONS = {
+    "resourceType": "Bundle",
+    "total": 3,
+    "entry": [
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "code": {"coding": [{"system": "loinc", "code": "height"}]},
+                "subject": {"reference": f"Patient/{patient}"},
+                "valueQuantity": {"value": value},
+            }
+        }
+        for patient, value in (("p1", 180), ("p2", 165), ("p1", 181))
+    ]
+    + [
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "code": {"coding": [{"code": "weight"}]},
+                "subject": {"reference": "Patient/p2"},
+                "valueQuantity": {"value": 61},
+            }
+        }
+    ],
+}
+
+
+async def test_fhir_to_csv_pivots_as_flamesdk() -> None:
+    async with compat_nodes() as flames:
+        node = flames["node-1"]  # no data sources: the one page given is all there is
+        keys = {
+            "col_key_seq": "resource.code.coding.code",
+            "value_key_seq": "resource.valueQuantity.value",
+            "input_resource": "Observation",
+            "row_key_seq": "resource.subject.reference",
+        }
+        table = await call(node.fhir_to_csv, OBSERVATIONS, **keys, output_type="dict")
+        assert table == {
+            "height": {"Patient/p1": 181, "Patient/p2": 165},  # the last value per cell
+            "weight": {"Patient/p2": 61},
+        }
+        csv = await call(node.fhir_to_csv, OBSERVATIONS, **keys, row_col_name="patient")
+        assert csv.read() == "patient,height,weight\nPatient/p1,181,\nPatient/p2,165,61"
+        only_p2 = await call(
+            node.fhir_to_csv, OBSERVATIONS, **keys, row_id_filters=["p2"], output_type="dict"
+        )
+        assert only_p2 == {"height": {"Patient/p2": 165}, "weight": {"Patient/p2": 61}}
+        with pytest.raises(FlameCoreSDKError):
+            await call(node.fhir_to_csv, OBSERVATIONS, "a", "b", "Patient")

@@ -17,7 +17,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import csv
 import datetime as _dt
 import io
 import logging
@@ -567,11 +566,15 @@ class FlameCoreSDK:
         separator: str = ",",
         output_type: Literal["file", "dict"] = "file",
     ) -> io.StringIO | dict[Any, dict[Any, Any]] | None:
-        """Pivot a FHIR Bundle (all its pages) into CSV (``StringIO``) or
-        ``{column: {row: value}}``.
+        """Pivot a FHIR search result (this page and the ``next`` pages, read from this node's
+        FHIR source) into CSV (``StringIO``) or ``{column: {row: value}}``, as flamesdk does.
 
-        ``input_resource`` is ``"Observation"`` (``row_key_seq`` required) or
-        ``"QuestionnaireResponse"``; key sequences are dotted paths (list items are searched).
+        Key sequences are dotted paths into each Bundle entry (``resource.code.coding.code``;
+        lists are searched, and the last key also matches a field that contains it, e.g.
+        ``value`` finds ``valueQuantity``). ``Observation`` needs ``row_key_seq``; for
+        ``QuestionnaireResponse`` the columns come from each entry's items (the paths' first
+        two keys name ``resource.item``) and the rows are the entries. Unlike flamesdk, row
+        and column filters both apply when both are given.
 
         Raises:
             FlameCoreSDKError: An unknown ``input_resource``, or ``Observation`` without
@@ -579,48 +582,29 @@ class FlameCoreSDK:
         """
         if input_resource not in ("Observation", "QuestionnaireResponse"):
             raise FlameCoreSDKError(f"fhir_to_csv cannot pivot {input_resource!r} resources")
-        if input_resource == "Observation" and row_key_seq is None:
+        if input_resource == "Observation" and not row_key_seq:
             raise FlameCoreSDKError("fhir_to_csv needs row_key_seq for Observation resources")
-        resources = self._call(self._all_entries, fhir_data)
-        table: dict[Any, dict[Any, Any]] = {}
-        for resource in resources:
-            if resource.get("resourceType", input_resource) != input_resource:
-                continue
-            if input_resource == "Observation":
-                column = _dig(resource, col_key_seq)
-                row = _dig(resource, row_key_seq or "")
-                value = _dig(resource, value_key_seq)
-                if _kept(row, row_id_filters) and _kept(column, col_id_filters):
-                    table.setdefault(column, {})[row] = value
-            else:
-                row = resource.get("id")
-                for item in resource.get("item", []):
-                    column = _dig(item, col_key_seq)
-                    value = _dig(item, value_key_seq)
-                    if _kept(row, row_id_filters) and _kept(column, col_id_filters):
-                        table.setdefault(column, {})[row] = value
+        pages = self._call(self._pages, fhir_data)
+        table = pivot_fhir(
+            pages,
+            col_key_seq=col_key_seq,
+            value_key_seq=value_key_seq,
+            input_resource=input_resource,
+            row_key_seq=row_key_seq,
+            row_id_filters=row_id_filters,
+            col_id_filters=col_id_filters,
+        )
         if output_type == "dict":
             return table
-        rows = sorted({r for col in table.values() for r in col}, key=str)
-        out = io.StringIO()
-        writer = csv.writer(out, delimiter=separator, lineterminator="\n")
-        writer.writerow([row_col_name, *table])
-        for row in rows:
-            writer.writerow([row, *(table[col].get(row, "") for col in table)])
-        out.seek(0)
-        return out
+        return table_to_csv(table, row_col_name=row_col_name, separator=separator)
 
-    async def _all_entries(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
-        """The resources of ``bundle`` and of its ``next`` pages (read from the FHIR source)."""
-        found = [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
-        page = bundle
-        while (link := _next_link(page)) is not None:
-            clients = [c for c in self._clients() if isinstance(c, FhirClient)]
-            if not clients:
-                break
-            page = await clients[0].get(link)
-            found.extend(e["resource"] for e in page.get("entry", []) if "resource" in e)
-        return found
+    async def _pages(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        """``bundle`` and the pages its ``next`` links lead to (from the first FHIR source)."""
+        pages = [bundle]
+        clients = [c for c in self._clients() if isinstance(c, FhirClient)]
+        while clients and (link := _next_link(pages[-1])) is not None:
+            pages.append(await clients[0].get(link))
+        return pages
 
     # ------------------------------------------------------------ messaging
 
@@ -1105,20 +1089,69 @@ def _as_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
-def _dig(node: Any, path: str) -> Any:
-    """The value at dotted ``path``; inside lists, the first item that has it."""
-    for key in path.split(".") if path else []:
-        if isinstance(node, list):
-            node = next((n[key] for n in node if isinstance(n, dict) and key in n), None)
-        elif isinstance(node, dict):
-            node = node.get(key)
-        else:
-            return None
-    return node
+def _search(node: Any, keys: Sequence[str]) -> Any:
+    """The value at ``keys`` under ``node``: lists are searched for the first item that has
+    it, and the last key also matches the first field whose name contains it."""
+    if isinstance(node, list):
+        return next((v for item in node if (v := _search(item, keys)) is not None), None)
+    if not isinstance(node, dict) or not keys:
+        return None
+    key, rest = keys[0], keys[1:]
+    if rest:
+        return _search(node[key], rest) if key in node else None
+    if key in node:
+        return node[key]
+    return next((v for k, v in node.items() if key in k), None)
 
 
 def _kept(value: Any, filters: Sequence[str] | None) -> bool:
-    return filters is None or any(f in str(value) for f in filters)
+    return filters is None or (value is not None and any(f in str(value) for f in filters))
+
+
+def pivot_fhir(
+    pages: Iterable[Mapping[str, Any]],
+    *,
+    col_key_seq: str,
+    value_key_seq: str,
+    input_resource: str,
+    row_key_seq: str | None = None,
+    row_id_filters: Sequence[str] | None = None,
+    col_id_filters: Sequence[str] | None = None,
+) -> dict[Any, dict[Any, Any]]:
+    """flamesdk's ``fhir_to_csv`` pivot over Bundle pages: ``{column: {row: value}}``."""
+    cols, values = col_key_seq.split("."), value_key_seq.split(".")
+    rows = row_key_seq.split(".") if row_key_seq else []
+    table: dict[Any, dict[Any, Any]] = {}
+    number = 0
+    for page in pages:
+        for entry in page.get("entry") or []:
+            number += 1
+            if input_resource == "Observation":
+                column, row = _search(entry, cols), _search(entry, rows)
+                if _kept(row, row_id_filters) and _kept(column, col_id_filters):
+                    table.setdefault(column, {})[row] = _search(entry, values)
+                continue
+            for item in (entry.get("resource") or {}).get("item") or []:
+                column = _search(item, cols[2:])
+                if _kept(column, col_id_filters):
+                    table.setdefault(column, {})[str(number - 1)] = _search(item, values[2:])
+    return table
+
+
+def table_to_csv(
+    table: Mapping[Any, Mapping[Any, Any]], *, row_col_name: str = "", separator: str = ","
+) -> io.StringIO:
+    """flamesdk's CSV of a pivot: a header of the columns, one line per row id (in order of
+    appearance), values as ``str`` and missing ones empty, no quoting."""
+    columns = list(table)
+    row_ids = dict.fromkeys(row for column in table.values() for row in column)
+    lines = [separator.join([row_col_name, *(str(c) for c in columns)])]
+    for row in row_ids:
+        cells = [str(table[c].get(row, "")) for c in columns]
+        lines.append(separator.join([str(row), *cells]))
+    out = io.StringIO("\n".join(lines))
+    out.seek(0)
+    return out
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
