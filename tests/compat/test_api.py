@@ -7,6 +7,7 @@ its node's environment and transport, against a local platform in the test's eve
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -283,6 +284,7 @@ async def test_fhir_to_csv_pivots_as_flamesdk() -> None:
             "weight": {"Patient/p2": 61},
         }
         csv = await call(node.fhir_to_csv, OBSERVATIONS, **keys, row_col_name="patient")
+        assert isinstance(csv, io.StringIO)
         assert csv.read() == "patient,height,weight\nPatient/p1,181,\nPatient/p2,165,61"
         only_p2 = await call(
             node.fhir_to_csv, OBSERVATIONS, **keys, row_id_filters=["p2"], output_type="dict"

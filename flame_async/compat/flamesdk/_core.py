@@ -565,7 +565,7 @@ class FlameCoreSDK:
         row_col_name: str = "",
         separator: str = ",",
         output_type: Literal["file", "dict"] = "file",
-    ) -> io.StringIO | dict[Any, dict[Any, Any]] | None:
+    ) -> io.StringIO | dict[Any, dict[Any, Any]]:
         """Pivot a FHIR search result (this page and the ``next`` pages, read from this node's
         FHIR source) into CSV (``StringIO``) or ``{column: {row: value}}``, as flamesdk does.
 
