@@ -17,15 +17,22 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "analyses" / "raises_on_node_2.py"
 
 
-@pytest.mark.parametrize("mode", ["inprocess", "processes"])
-def test_a_raising_node_ends_the_run_and_is_named(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "switch"),
+    [("inprocess", "flag"), ("processes", "environment")],
+)
+def test_a_raising_node_ends_the_run_and_is_named(tmp_path: Path, mode: str, switch: str) -> None:
     out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flag = ["--flamesdk-compat"] if switch == "flag" else []
+    if switch == "environment":  # what a container sets instead of the flag
+        env["FLAME_ASYNC_FLAMESDK_COMPAT"] = "1"
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "flame_async", "run", "--flamesdk-compat", "--plain"),
+            *(sys.executable, "-m", "flame_async", "run", *flag, "--plain"),
             *("--mode", mode, "--out", str(out), "--timeout", "50", str(SCRIPT)),
         ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
