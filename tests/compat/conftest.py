@@ -9,6 +9,7 @@ before the first test runs, outside the per-test timeout.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -78,6 +79,14 @@ def _make_flamesdk_venv() -> FlamesdkVenv:
     if ready.is_file():
         return FlamesdkVenv(python)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / f"{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test session may be making it right now
+        if ready.is_file():
+            return FlamesdkVenv(python)
+        return _build_venv(folder, python, ready)
+
+
+def _build_venv(folder: Path, python: Path, ready: Path) -> FlamesdkVenv:
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(folder)
         subprocess.run(
