@@ -602,6 +602,18 @@ class BrokerService:
             r.node_id if isinstance(r, Participant) else r for r in items
         )
 
+    def runs_flamesdk(self, node_id: str) -> bool | None:
+        """Whether ``node_id`` runs flamesdk (True) or flame-async (False), as far as its
+        messages and acknowledgements told this node so far; None before it said anything."""
+        protocol = self.protocol
+        if node_id in protocol.ordered_senders or node_id in protocol.ordered_peers:
+            return False
+        # flame-async numbers its messages and says so in its acknowledgements: a peer heard
+        # from (a message or an acknowledgement) that did neither runs flamesdk
+        if node_id in protocol.legacy_senders or node_id in protocol.heard_from:
+            return True
+        return None
+
     def _senders(self, senders: Receivers | None) -> frozenset[str] | None:
         return None if senders is None else frozenset(self.resolve(senders))
 

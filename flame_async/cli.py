@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -115,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "in one event loop, no sockets (fast with many nodes; --mode inprocess only)",
     )
     run.add_argument("--faults", type=_faults, metavar="SPEC", help=_FAULTS_HELP)
+    run.add_argument(
+        "--flamesdk-compat",
+        action="store_true",
+        help="SCRIPT is a flamesdk analysis ('from flamesdk import FlameCoreSDK'): run it "
+        "unchanged on flame-async's compatibility layer (also: FLAME_ASYNC_FLAMESDK_COMPAT=1)",
+    )
     run.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
     platform = sub.add_parser(
@@ -194,6 +201,12 @@ def _group_waits(outcomes: list[NodeOutcome]) -> list[str]:
     return lines
 
 
+def _compat_from_env() -> bool:
+    from .compat.flamesdk import COMPAT_ENV
+
+    return os.environ.get(COMPAT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 async def _run(args: argparse.Namespace) -> int:
     count = args.nodes if isinstance(args.nodes, int) else len(args.nodes)
 
@@ -219,6 +232,7 @@ async def _run(args: argparse.Namespace) -> int:
             force=args.force,
             on_start=started,
             faults=args.faults,
+            flamesdk_compat=args.flamesdk_compat or _compat_from_env(),
         )
     finally:
         view.close()

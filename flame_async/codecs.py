@@ -97,6 +97,7 @@ __all__ = [
     "detect_format",
     "encode",
     "encode_final",
+    "encode_flamesdk_pickle",
 ]
 
 MAGIC: Final = b"FLAMEASYNC"
@@ -372,6 +373,25 @@ def encode_final(
     extension = f".{table_format}" if fmt in (_DATAFRAME, _SERIES) else _FINAL_EXTENSION[fmt]
     media_type = "application/fhir+json" if fmt == _FHIR else _MEDIA_TYPES[extension]
     return _encoded(fmt, tuple(parts), media_type, extension)
+
+
+def encode_flamesdk_pickle(value: object) -> Encoded:
+    """Encode a value the way flamesdk 0.6 stores intermediate data: a raw pickle stream.
+
+    Only for receivers that run flamesdk (they unpickle whatever they download and cannot
+    read the typed format); flame-async receivers refuse it unless they allow pickle.
+
+    Returns:
+        The pickle stream (no header); ``format`` is ``pickle``, ``extension`` ``.pkl``.
+
+    Raises:
+        CodecError: Pickling failed.
+    """
+    try:
+        payload = pickle.dumps(value)
+    except Exception as exc:  # any pickling failure is the value's
+        raise CodecError(f"cannot pickle a {type(value).__name__} for flamesdk: {exc}") from exc
+    return _encoded(_PICKLE, (payload,), "application/octet-stream", ".pkl")
 
 
 def decode(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False) -> Any:

@@ -221,12 +221,19 @@ class ResultsService:
     # --------------------------------------------------------- intermediate
 
     async def save_intermediate_result(
-        self, result: Any, *, receivers: Receivers | None, allow_pickle: bool = False
+        self,
+        result: Any,
+        *,
+        receivers: Receivers | None,
+        allow_pickle: bool = False,
+        for_flamesdk: bool = False,
     ) -> dict[str, ResultInfo]:
         """Store ``result`` once per receiver (every other node if None) in the analysis'
         temporary storage.
 
-        Each receiver can read its copy once (the service deletes it after the read).
+        Each receiver can read its copy once (the service deletes it after the read). With
+        ``for_flamesdk`` the copies are raw pickle streams, the only format flamesdk 0.6
+        receivers read (for the compatibility layer, which knows its receivers run flamesdk).
 
         Raises:
             UnknownNodeError: A receiver is not a participant (before any I/O).
@@ -241,7 +248,10 @@ class ResultsService:
             if receivers is None
             else self._broker.resolve(receivers)
         )
-        encoded = await self._encode(result, final=False, allow_pickle=allow_pickle)
+        if for_flamesdk:
+            encoded = codecs.encode_flamesdk_pickle(result)
+        else:
+            encoded = await self._encode(result, final=False, allow_pickle=allow_pickle)
         infos: dict[str, ResultInfo] = {}
         for receiver in targets:
             body = await self._upload(

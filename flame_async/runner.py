@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import gc
 import importlib.util
@@ -24,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -32,7 +34,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import orjson
+from anyio.from_thread import BlockingPortal
 from pydantic import ValidationError
 
 from ._failures import Failure, describe, from_exception, from_stderr, user_location
@@ -599,9 +605,16 @@ async def run_script(
     observer: Observer | None = None,
     force: bool = False,
     on_start: Callable[[], None] | None = None,
+    flamesdk_compat: bool = False,
     **platform_options: Any,
 ) -> RunResult:
     """Run an analysis file: its ``main()`` in this loop, or ``python SCRIPT`` per node.
+
+    With ``flamesdk_compat`` the file is a flamesdk analysis (``from flamesdk import
+    FlameCoreSDK``, no ``main()``): every node runs it as ``__main__`` with ``import flamesdk``
+    resolving to :mod:`flame_async.compat.flamesdk`, in processes mode as its own process, in
+    in-process mode in a thread of its own (with its own module); a node whose analysis
+    finished is ended as the PO would (see :class:`~flame_async.compat.flamesdk.FlameCoreSDK`).
 
     In ``processes`` mode each node is ``python SCRIPT`` (the file calls
     ``asyncio.run(main())`` itself) with the variables the FLAME platform gives a container
@@ -633,6 +646,25 @@ async def run_script(
         raise InvalidArgument(
             "the memory transport runs every node in this process; use --mode inprocess "
             "(or --transport http for processes)"
+        )
+    if flamesdk_compat and transport != "http":
+        raise InvalidArgument(
+            "flamesdk analyses run over HTTP (each node's event loop is its own); drop "
+            "--transport memory"
+        )
+    if flamesdk_compat and mode == "inprocess":
+        return await _run_compat_threads(
+            script,
+            nodes=nodes,
+            aggregator=aggregator,
+            data=data,
+            out_dir=out_dir,
+            timeout=timeout,
+            fail_fast_grace=fail_fast_grace,
+            observer=observer,
+            force=force,
+            on_start=on_start,
+            platform_options=platform_options,
         )
     if mode == "inprocess":
         # the cheap checks of the options first, then the import (which runs the user's code)
@@ -667,13 +699,14 @@ async def run_script(
     _check_file(script)
     _prepare(platform, data=data, out_dir=out_dir, force=False)  # before the slow check
     async with open_launcher() as launcher:
-        await _check_import_in_subprocess(script, launcher)
+        if not flamesdk_compat:  # a flamesdk analysis runs when imported: not checked so
+            await _check_import_in_subprocess(script, launcher)
         _prepare(platform, data=data, out_dir=out_dir, force=force)
         if on_start is not None:
             on_start()
 
         async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
-            await _run_process(script, node, outcome, run, launcher)
+            await _run_process(script, node, outcome, run, launcher, compat=flamesdk_compat)
 
         return await _run_nodes(
             start,
@@ -888,12 +921,27 @@ async def _run_nodes(
             run.watchdog.unsubscribe(watching)
 
 
+_COMPAT_MAIN: Final = (
+    "import sys; from flame_async.compat.flamesdk._launch import run_as_main; "
+    "run_as_main(sys.argv[1])"
+)
+"""A node of a flamesdk analysis: ``python SCRIPT`` with ``import flamesdk`` on the compat
+layer."""
+
+
 async def _run_process(
-    script: Path, node: LocalNode, outcome: NodeOutcome, run: _Run, launcher: Launcher
+    script: Path,
+    node: LocalNode,
+    outcome: NodeOutcome,
+    run: _Run,
+    launcher: Launcher,
+    *,
+    compat: bool = False,
 ) -> None:
     env = {**os.environ, **node.env, "PYTHONUNBUFFERED": "1"}
     outcome.status = "running"
-    process = await launcher.start([str(script)], env=env)
+    args = ["-c", _COMPAT_MAIN, str(script)] if compat else [str(script)]
+    process = await launcher.start(args, env=env)
     stderr_lines: list[str] = []
 
     async def pump(stream: Any, name: str) -> None:
@@ -935,3 +983,125 @@ async def _run_process(
         return
     failure = from_stderr(stderr_lines, exit_code=code)
     outcome.fail(failure, run.now(), full_traceback="\n".join(stderr_lines[-200:]))
+
+
+async def _run_compat_threads(
+    script: Path,
+    *,
+    nodes: int | Sequence[str],
+    aggregator: str | None,
+    data: Path | None,
+    out_dir: Path | None,
+    timeout: float | None,
+    fail_fast_grace: float,
+    observer: Observer | None,
+    force: bool,
+    on_start: Callable[[], None] | None,
+    platform_options: dict[str, Any],
+) -> RunResult:
+    """A flamesdk analysis in one process: each node runs the file in a thread of its own.
+
+    flamesdk code blocks (its calls wait, ``StarModel`` ends in ``while True: pass``), so it
+    cannot run in this event loop; each node's thread gets its node's environment and API
+    socket (context variables copied into it) and its ``FlameCoreSDK`` runs its own loop in a
+    portal thread. A thread still running when the run stops is ended with
+    :class:`~flame_async.compat.flamesdk.AnalysisEnded`, and its node leaves the analysis.
+    """
+    from .compat.flamesdk._core import use_host_portal
+    from .compat.flamesdk._launch import run_in_thread
+
+    source = _check_file(script)
+    platform = _platform(
+        nodes=nodes,
+        aggregator=aggregator,
+        data=data,
+        out_dir=out_dir,
+        timeout=timeout,
+        options=platform_options,
+    )
+    _check_file_limit(len(platform.node_ids), mode="inprocess", transport="http")
+    _prepare(platform, data=data, out_dir=out_dir, force=force)
+    folder = str((await anyio.Path(script).resolve()).parent)
+    if folder not in sys.path:  # as 'python SCRIPT' does: sibling modules import
+        sys.path.insert(0, folder)
+    if on_start is not None:
+        on_start()
+
+    async def start(node: LocalNode, outcome: NodeOutcome, run: _Run) -> None:
+        outcome.status = "running"
+        transport = run.platform.transport_for(node)
+        with (
+            use_environ(node.env),
+            use_transport(lambda config: transport),
+            use_host_portal(portal),  # the node's FlameSDK runs in this loop, as native ones
+        ):
+            context = contextvars.copy_context()
+        error = await _compat_thread(
+            lambda: context.run(run_in_thread, script, source), f"flamesdk-{node.node_id}"
+        )
+        if error is None:
+            outcome.status = "executed"
+            return
+        outcome.error = error
+        full = "".join(traceback.format_exception(error))
+        outcome.fail(from_exception(error), run.now(), full_traceback=full)
+
+    async with BlockingPortal() as portal:
+        try:
+            result = await _run_nodes(
+                start,
+                platform,
+                out_dir=out_dir,
+                timeout=timeout,
+                fail_fast_grace=fail_fast_grace,
+                observer=observer,
+                mode="inprocess",
+                script=str(script),
+            )
+        finally:
+            await portal.stop(cancel_remaining=True)  # a node that did not leave in time
+    return result
+
+
+async def _compat_thread(target: Callable[[], None], name: str) -> BaseException | None:
+    """Run ``target`` (a node's flamesdk analysis) in a thread of its own; what it raised.
+
+    Cancellation:
+        The thread's analysis code is ended with
+        :class:`~flame_async.compat.flamesdk.AnalysisEnded` and its node leaves the analysis
+        before this returns (the node's own shutdown steps bound the wait).
+    """
+    from .compat.flamesdk._core import close_thread_instances
+    from .compat.flamesdk._ending import AnalysisEnded, raise_in_thread
+
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    lock = threading.Lock()
+    state: dict[str, Any] = {"running": True, "error": None}
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - the node's failure is its outcome
+            state["error"] = exc
+        finally:
+            with lock:
+                state["running"] = False
+            with contextlib.suppress(RuntimeError):  # the run's loop is gone
+                anyio.from_thread.run_sync(done.set, token=token)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        await done.wait()
+    except anyio.get_cancelled_exc_class():
+        ident = thread.ident
+        with lock:  # the run stopped: end the analysis code, leave the analysis
+            if state["running"] and ident is not None:
+                raise_in_thread(ident, AnalysisEnded)
+        if ident is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close_thread_instances, ident)
+        raise
+    error: BaseException | None = state["error"]
+    return error

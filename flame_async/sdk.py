@@ -575,6 +575,12 @@ class FlameSDK:
         """Ids of the other nodes."""
         return [p.node_id for p in self.get_participants()]
 
+    def runs_flamesdk(self, node_id: str) -> bool | None:
+        """Whether peer ``node_id`` runs the old flamesdk (True) or flame-async (False), as
+        its messages and acknowledgements told this node so far; None before it said anything
+        (a :meth:`ready_check` finds out)."""
+        return self._require().runs_flamesdk(node_id)
+
     def get_aggregator_id(self) -> str | None:
         """Id of the aggregator node, or this node's id when it is the aggregator."""
         if self.is_aggregator:
@@ -773,11 +779,17 @@ class FlameSDK:
         )
 
     async def save_intermediate_result(
-        self, result: Any, *, receivers: Receivers, allow_pickle: bool = False
+        self,
+        result: Any,
+        *,
+        receivers: Receivers,
+        allow_pickle: bool = False,
+        for_flamesdk: bool = False,
     ) -> dict[str, ResultInfo]:
-        """Store ``result`` once per receiver (each copy readable once)."""
+        """Store ``result`` once per receiver (each copy readable once); ``for_flamesdk``
+        stores raw pickles, for receivers that run flamesdk (see :meth:`runs_flamesdk`)."""
         return await self._run.results.save_intermediate_result(
-            result, receivers=receivers, allow_pickle=allow_pickle
+            result, receivers=receivers, allow_pickle=allow_pickle, for_flamesdk=for_flamesdk
         )
 
     async def save_intermediate_result_local(

@@ -76,7 +76,8 @@ def pages() -> list[Path]:
 
 
 def python_blocks() -> list[Block]:
-    """Every flame-async ``python`` block (the flamesdk side of a comparison excluded)."""
+    """Every flame-async ``python`` block (the flamesdk and python-sdk-patterns side of a
+    comparison excluded)."""
     return [
         b
         for page in pages()
@@ -84,6 +85,7 @@ def python_blocks() -> list[Block]:
         if b.language == "python"
         and "import flamesdk" not in b.body
         and "from flamesdk" not in b.body
+        and "from flame.star" not in b.body
     ]
 
 
