@@ -145,6 +145,7 @@ def _keys(value: Any, convert: Callable[[str], str]) -> Any:
 
 # -- errors --------------------------------------------------------------------------------------
 
+_INTERNAL: Final = "An internal server error occurred."
 _CODES: Final = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
@@ -167,6 +168,34 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 def _error(status: int, message: str = "", *, code: str | None = None, **extra: Any) -> Response:
     body = {"statusCode": status, "code": code or _CODES.get(status, "ERROR"), "message": message}
     return _json({**body, **extra}, status)
+
+
+_INVALID_GRANT: Final = (
+    "The provided authorization grant (e.g., authorization code, resource owner credentials) or "
+    "refresh token is invalid, expired, revoked, does not match the redirection URI used in the "
+    "authorization request, or was issued to another client."
+)
+
+
+def _oauth_error(code: str, message: str) -> Response:
+    """authup's token endpoint refusal: the Hub's error shape plus OAuth2's fields."""
+    return _error(400, message, code=code, error="invalid_request", error_description=message)
+
+
+def _invalid(*attributes: str, received: Any = None) -> Response:
+    """A validation failure as the Hub's validator words it."""
+    children = [{"path": a, "pathAbsolute": a} for a in attributes]
+    if received is not None:
+        for child in children:
+            child["received"] = received
+    return _error(
+        400,
+        f"The attribute {attributes[0]} is invalid." if len(attributes) == 1
+        else f"The attributes {', '.join(attributes)} are invalid.",
+        code="undefined",
+        children=children,
+        attributes=list(attributes),
+    )  # fmt: skip
 
 
 class _Refused(Exception):
@@ -326,6 +355,8 @@ class _Kind:
     default_sort: tuple[tuple[str, bool], ...] = ()
     """(field, descending) pairs; empty: insertion order (SQLite's rowid)."""
     writable: bool = True
+    created_with: tuple[str, ...] = ()
+    """Relations the create answer carries (the Hub answers with the joined entity)."""
     hidden: frozenset[str] = frozenset()
     """Fields never sent (secrets, password hashes)."""
 
@@ -376,7 +407,8 @@ _KINDS: Final = {
             "project_realm_id", "project_id", "project.id", "project.name", "node_realm_id",
             "node_id", "node.name"),
             _f("created_at", "updated_at", "project.name", "node.name"),
-            {"project": ("project_id", "projects"), "node": ("node_id", "nodes")}),
+            {"project": ("project_id", "projects"), "node": ("node_id", "nodes")},
+            created_with=("project", "node")),
         _Kind("analyses", "core", {
             "name": None, "description": None, "nodes": 0, "configuration_locked": False,
             "build_status": None, "run_status": None, "registry_id": None, "realm_id": None,
@@ -387,17 +419,18 @@ _KINDS: Final = {
             _f("created_at", "updated_at"),
             {"project": ("project_id", "projects"),
              "master_image": ("master_image_id", "master-images")},
-            (("updated_at", True),)),
+            (("updated_at", True),), created_with=("project",)),
         _Kind("analysis-nodes", "core", {
-            "approval_status": "approved", "run_status": None, "comment": None,
+            "approval_status": "approved", "run_status": None, "comment": None, "index": None,
             "artifact_tag": None, "artifact_digest": None, "analysis_realm_id": None,
             "node_realm_id": None,
         }, ("analysis_id", "node_id"), _f(
             "run_status", "approval_status", "analysis_id", "analysis_realm_id", "analysis.id",
             "analysis.name", "analysis.project_id", "node_id", "node_realm_id", "node.name",
             "node.realm_id"),
-            _f("created_at", "updated_at", "analysis.name", "node.name"),
-            {"analysis": ("analysis_id", "analyses"), "node": ("node_id", "nodes")}),
+            _f("created_at", "updated_at", "index", "analysis.name", "node.name"),
+            {"analysis": ("analysis_id", "analyses"), "node": ("node_id", "nodes")},
+            created_with=("analysis", "node")),
         _Kind("analysis-node-logs", "core", {
             "code": None, "status": None, "level": "info", "message": None,
             "analysis_realm_id": None, "node_realm_id": None,
@@ -412,14 +445,16 @@ _KINDS: Final = {
             {"analysis": ("analysis_id", "analyses")}),
         _Kind("analysis-buckets", "core", {"external_id": None, "realm_id": None},
               ("analysis_id", "type"), _f("analysis_id", "type", "analysis.id", "analysis.name"),
-              _f("type", "created_at", "updated_at"), {"analysis": ("analysis_id", "analyses")}),
+              _f("type", "created_at", "updated_at"), {"analysis": ("analysis_id", "analyses")},
+              created_with=("analysis",)),
         _Kind("analysis-bucket-files", "core", {
             "root": False, "external_id": None, "analysis_id": None, "realm_id": None,
             "user_id": None, "robot_id": None,
         }, ("name", "bucket_id"), _f(
             "name", "root", "bucket_id", "analysis_id", "analysis.id", "analysis.name"),
             _f("name", "created_at", "updated_at"),
-            {"analysis": ("analysis_id", "analyses"), "bucket": ("bucket_id", "analysis-buckets")}),
+            {"analysis": ("analysis_id", "analyses"), "bucket": ("bucket_id", "analysis-buckets")},
+            created_with=("bucket",)),
         _Kind("registries", "core", {"account_name": None, "account_secret": None},
               ("name", "host"), hidden=_f("account_secret")),
         _Kind("registry-projects", "core", {
@@ -450,8 +485,8 @@ _KINDS: Final = {
 
 
 def _now() -> str:
-    moment = datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # the Hub keeps SQLite datetimes: whole seconds
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 # -- tokens --------------------------------------------------------------------------------------
@@ -531,8 +566,6 @@ class _Tokens:
             "expires_in": _ADVERTISED_EXPIRES_IN,
             "token_type": "Bearer",
             "scope": scope,
-            "realm_id": subject["realm_id"],
-            "realm_name": "master",
         }
 
     def use_refresh(self, token: str) -> dict[str, Any]:
@@ -711,6 +744,12 @@ class HubEmulator:
         self._insert("robots", {**robot, "realm_id": realm})
         client = {"id": self.client_id, "name": "system", "secret": self.robot_secret}
         self._insert("clients", {**client, "built_in": True, "realm_id": realm})
+        # what the master-image sync would bring (the real test Hub's script seeds the same)
+        self._insert("master-image-groups", {"name": "python", "path": "python",
+                                             "virtual_path": "python"})  # fmt: skip
+        self._insert("master-images", {"name": "base", "path": "python/base", "command": "python",
+                                       "virtual_path": "python/base",
+                                       "group_virtual_path": "python"})  # fmt: skip
         self.creates.clear()
 
     # -- URLs and counters -------------------------------------------------------------------
@@ -827,11 +866,11 @@ class HubEmulator:
             return _json({"version": "0.8.14", "timestamp": int(time.time() * 1000)})
         if service == "auth" and parts == ["token"] and method == "POST":
             return await self._token(request)
-        identity = self._identity(request)
+        identity = self._identity(service, request)
         name = parts[0]
         kind = _KINDS.get(name)
         if kind is None or kind.service != service:
-            return _error(404, f"Cannot {method} {path}")
+            return Response(404)  # the Hub's router: no body
         rest = parts[1:]
         if name == "analyses" and len(rest) == 2 and rest[1] == "command" and method == "POST":
             return await self._command(request, rest[0])
@@ -839,7 +878,7 @@ class HubEmulator:
             return await self._upload(request, rest[0], identity)
         if name in ("buckets", "bucket-files") and len(rest) == 2 and rest[1] == "stream":
             if method != "GET":
-                return _error(404, f"Cannot {method} {path}")
+                return Response(404)
             return self._stream_bucket(rest[0]) if name == "buckets" else self._stream_file(rest[0])
         if not rest:
             if method in ("GET", "HEAD"):
@@ -853,25 +892,34 @@ class HubEmulator:
                 return await self._update(kind, rest[0], request)
             if method == "DELETE":
                 return self._delete(kind, rest[0])
-        return _error(404, f"Cannot {method} {path}")
+        return Response(404)
 
     # -- identity and tokens -----------------------------------------------------------------
 
-    def _identity(self, request: Request) -> dict[str, Any]:
+    def _identity(self, service: _Service, request: Request) -> dict[str, Any]:
+        """Who sent the request, or the answer authup / the Hub's middleware gives instead:
+        401 without a header, 500 ``auth_header_parse`` for another scheme, 400 for a token that
+        does not verify (core: ``BAD_REQUEST`` with no message; authup: ``invalid_token``), 500
+        for an expired one."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
-            raise _Refused(_error(401, "The request is not authenticated."))
+            raise _Refused(_error(401))
         if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused(_error(400, ""))
+            raise _Refused(_error(500, _INTERNAL, code="auth_header_parse"))
+        invalid = (
+            _error(400, "The JWT is invalid.", code="invalid_token")
+            if service == "auth"
+            else _error(400)
+        )
         try:
             claims = self._tokens.verify(token.strip())
         except _TokenError as exc:
             if exc.kind == "expired":
-                raise _Refused(_error(500, "An internal server error occurred.")) from exc
-            raise _Refused(_error(400, "")) from exc
+                raise _Refused(_error(500, _INTERNAL)) from exc
+            raise _Refused(invalid) from exc
         if claims.get("kind") != "access_token":
-            raise _Refused(_error(400, ""))
+            raise _Refused(invalid)
         return {"id": claims["sub"], "kind": claims["sub_kind"], "realm_id": claims["realm_id"]}
 
     async def _token(self, request: Request) -> Response:  # noqa: PLR0911 - one per grant
@@ -883,18 +931,18 @@ class HubEmulator:
         if grant == "password":
             user = self._find("users", name=str(body.get("username")))
             if user is None or user.get("password") != body.get("password"):
-                return _error(400, "The credentials are not valid.", code="invalid_credentials")
+                return _oauth_error("invalid_credentials", "The user credentials are invalid.")
             subject = {"id": user["id"], "kind": "user", "realm_id": user["realm_id"]}
         elif grant == "robot_credentials":
             robot = self._records["robots"].get(str(body.get("id")))
             if robot is None or robot.record.get("secret") != body.get("secret"):
-                return _error(400, "The credentials are not valid.", code="invalid_credentials")
+                return _oauth_error("invalid_credentials", "The robot credentials are invalid.")
             subject = {"id": robot.record["id"], "kind": "robot",
                        "realm_id": robot.record["realm_id"]}  # fmt: skip
         elif grant == "client_credentials":
             client = self._records["clients"].get(str(body.get("client_id")))
             if client is None or client.record.get("secret") != body.get("client_secret"):
-                return _error(400, "The credentials are not valid.", code="invalid_client")
+                return _oauth_error("invalid_credentials", "The client credentials are invalid.")
             subject = {"id": client.record["id"], "kind": "client",
                        "realm_id": client.record["realm_id"]}  # fmt: skip
         elif grant == "refresh_token":
@@ -902,12 +950,12 @@ class HubEmulator:
                 claims = self._tokens.use_refresh(str(body.get("refresh_token", "")))
             except _TokenError as exc:
                 if exc.kind == "expired":
-                    return _error(500, "An internal server error occurred.")
-                return _error(400, "The token is not active.", code="inactive_token")
+                    return _error(500, _INTERNAL)
+                return _oauth_error("inactive_token", "The JWT is not active.")
             subject = {"id": claims["sub"], "kind": claims["sub_kind"],
                        "realm_id": claims["realm_id"]}  # fmt: skip
         else:
-            return _error(400, "The grant type is not supported.", code="invalid_grant")
+            return _error(400, _INVALID_GRANT, code="invalid_grant", error="invalid_grant")
         self.token_grants[grant] += 1
         return _json(self._tokens.grant(subject))
 
@@ -987,12 +1035,17 @@ class HubEmulator:
                 sort = self._sort(kind, value)
             elif key == "include":
                 include = self._include(kind, value)
+        paged = any(key.startswith("page[") for key, _ in self._query(request))
         limit = MAX_LIMIT if limit is None or limit > MAX_LIMIT else limit
         offset = offset or 0
         rows = [s for s in self._records[kind.name].values() if self._keep(kind, s.record, filters)]
         rows.sort(key=lambda s: s.seq)
         for field, descending in reversed(sort or list(kind.default_sort)):
             rows.sort(key=functools.partial(_sort_key, self, kind, field), reverse=descending)
+        if kind.service == "auth" and not paged:
+            # authup pages only when asked to: everything, and only the total
+            data = [self._out(kind, self._with(kind, s.record, include)) for s in rows]
+            return _json({"data": data, "meta": {"total": len(rows)}})
         page = rows[offset : offset + limit]
         data = [self._out(kind, self._with(kind, s.record, include)) for s in page]
         return _json({"data": data, "meta": {"total": len(rows), "limit": limit, "offset": offset}})
@@ -1061,7 +1114,7 @@ class HubEmulator:
     def _get(self, kind: _Kind, record_id: str, request: Request) -> Response:
         stored = self._records[kind.name].get(record_id)
         if stored is None:
-            return _error(404, f"The {kind.name} record was not found.")
+            return _error(404)
         include: list[str] = []
         for key, value in self._query(request):
             if key == "include":
@@ -1072,18 +1125,17 @@ class HubEmulator:
         body = await self._body(request)
         missing = [f for f in kind.required if body.get(f) in (None, "")]
         if missing:
-            return _error(
-                400,
-                "The request data is not valid.",
-                issues=[{"path": [f], "message": f"{f} is required"} for f in missing],
-            )
+            return _invalid(*missing)
         data = {k: v for k, v in body.items() if k not in ("id", "created_at", "updated_at")}
         if "realm_id" in kind.defaults:
             data.setdefault("realm_id", identity["realm_id"])
         record = self._prepare(kind, data, identity)
+        # the answer joins the related records as they were before the create's side effects
+        joined = self._with(kind, record, kind.created_with)
         created = self._insert(kind.name, record)
         self._after_create(kind, created)
-        return _json(self._out(kind, created), 201)
+        joined.update(created)
+        return _json(self._out(kind, joined), 201)
 
     def _prepare(
         self, kind: _Kind, data: dict[str, Any], identity: dict[str, Any]
@@ -1111,6 +1163,13 @@ class HubEmulator:
         elif name == "analysis-nodes":
             analysis = self._require("analyses", data["analysis_id"], "analysis")
             node = self._require("nodes", data["node_id"], "node")
+            if (
+                self._find("project-nodes", project_id=analysis["project_id"], node_id=node["id"])
+                is None
+            ):
+                raise _Refused(
+                    _error(404, "The referenced node is not part of the analysis project.")
+                )
             data["analysis_realm_id"], data["node_realm_id"] = (
                 analysis["realm_id"],
                 node["realm_id"],
@@ -1126,6 +1185,8 @@ class HubEmulator:
         elif name in ("analysis-logs", "analysis-buckets"):
             analysis = self._require("analyses", data["analysis_id"], "analysis")
             data["realm_id"] = analysis["realm_id"]
+            if name == "analysis-buckets":
+                data.pop("external_id", None)  # the 0.8.14 validator drops it on create
         elif name == "analysis-bucket-files":
             bucket = self._require("analysis-buckets", data["bucket_id"], "analysis bucket")
             data["analysis_id"], data["realm_id"] = bucket["analysis_id"], bucket["realm_id"]
@@ -1151,7 +1212,7 @@ class HubEmulator:
     async def _update(self, kind: _Kind, record_id: str, request: Request) -> Response:
         stored = self._records[kind.name].get(record_id)
         if stored is None:
-            return _error(404, f"The {kind.name} record was not found.")
+            return _error(404)
         body = await self._body(request)
         for key, value in body.items():
             if key not in ("id", "created_at", "updated_at"):
@@ -1162,7 +1223,7 @@ class HubEmulator:
     def _delete(self, kind: _Kind, record_id: str) -> Response:
         stored = self._records[kind.name].pop(record_id, None)
         if stored is None:
-            return _error(404, f"The {kind.name} record was not found.")
+            return _error(404)
         if kind.name == "bucket-files":
             path = self._files_dir / record_id
             path.unlink(missing_ok=True)
@@ -1170,22 +1231,32 @@ class HubEmulator:
 
     # -- analysis commands -------------------------------------------------------------------
 
-    async def _command(self, request: Request, analysis_id: str) -> Response:
+    async def _command(  # noqa: PLR0911 - one answer per command
+        self, request: Request, analysis_id: str
+    ) -> Response:
         kind = _KINDS["analyses"]
         body = await self._body(request)
         stored = self._records["analyses"].get(analysis_id)
         if stored is None:
-            return _error(404, "The analysis was not found.")
+            return _error(404)
         analysis = stored.record
         command = body.get("command")
         if command == "configurationLock":
-            if analysis["configuration_locked"]:
-                return _error(400, "The analysis configuration is already locked.")
+            checks = (
+                (analysis["configuration_locked"], "configuration is already locked."),
+                (analysis["build_status"], "build process has already been initialized."),
+                (analysis["nodes"] < 2, "requires at least two nodes."),
+            )
+            for failed, message in checks:
+                if failed:
+                    return _error(400, f"The analysis {message}")
+            if not analysis["master_image_id"]:
+                return _error(400, "A master image must be assigned to the analysis.")
             self._check_lockable(analysis)
             analysis["configuration_locked"] = True
         elif command == "configurationUnlock":
             if not analysis["configuration_locked"]:
-                return _error(400, "The analysis configuration is not locked.")
+                return _error(400, "The analysis configuration is already unlocked.")
             analysis["configuration_locked"] = False
             analysis["build_status"] = None
         elif command in ("buildStart", "distributionStart"):
@@ -1197,8 +1268,7 @@ class HubEmulator:
         elif command not in (
             "spinUp", "tearDown", "buildStatus", "buildCheck", "distributionCheck", "storageCheck",
         ):  # fmt: skip
-            return _error(400, "The request data is not valid.",
-                          issues=[{"path": ["command"], "message": "unknown command"}])  # fmt: skip
+            return _invalid("command", received=command)
         analysis["updated_at"] = _now()
         return _json(self._out(kind, analysis), 202)
 
@@ -1226,7 +1296,7 @@ class HubEmulator:
     async def _upload(self, request: Request, bucket_id: str, identity: dict[str, Any]) -> Response:
         bucket = self._records["buckets"].get(bucket_id)
         if bucket is None:
-            return _error(404, "The bucket was not found.")
+            return _error(404)
         form = request.body
         if not isinstance(form, Form):
             return _error(400, "The request body must be multipart/form-data.")
@@ -1245,6 +1315,7 @@ class HubEmulator:
                     size += len(chunk)
                     await out.write(chunk)
             directory, _, name = filename.rpartition("/")
+            directory = directory or "."
             created.append(self._insert("bucket-files", {
                 "id": file_id, "name": name, "path": filename, "directory": directory,
                 "hash": digest.hexdigest(), "size": size, "bucket_id": bucket_id,
@@ -1252,13 +1323,14 @@ class HubEmulator:
                 "actor_type": identity["kind"],
             }))  # fmt: skip
         kind = _KINDS["bucket-files"]
-        return _json({"data": [self._out(kind, r) for r in created]}, 201)
+        data = [self._out(kind, r) for r in created]
+        return _json({"data": data, "meta": {"total": len(data)}}, 201)
 
     def _stream_file(self, file_id: str) -> Response:
         stored = self._records["bucket-files"].get(file_id)
         path = self._files_dir / file_id
         if stored is None or not path.exists():
-            return _error(404, "The bucket file was not found.")
+            return _error(404)
         return Response(
             200,
             FileBody(path),
@@ -1268,7 +1340,7 @@ class HubEmulator:
 
     def _stream_bucket(self, bucket_id: str) -> Response:
         if bucket_id not in self._records["buckets"]:
-            return _error(404, "The bucket was not found.")
+            return _error(404)
         files = [
             (s.record["path"] or s.record["name"], self._files_dir / s.record["id"])
             for s in sorted(self._records["bucket-files"].values(), key=lambda s: s.seq)
