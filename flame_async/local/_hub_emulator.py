@@ -18,6 +18,9 @@ them), with in-memory records and uploads kept in a temporary folder:
   authup's does; an expired token gets 500 ``INTERNAL_SERVER_ERROR`` (core and auth alike), a
   reused refresh token 400 ``inactive_token``, a wrong password 400 ``invalid_credentials``, no
   token 401, a token that does not verify 400.
+* **Storage** keeps uploads on disk; a file's ``hash`` is the SHA-256 of its *path* (as the 0.8.14
+  storage computes it, which also keys the object: a second upload of the same path replaces it),
+  not of its content.
 * **Casing**: ``wire_case="snake"`` (the 0.8 line) or ``"camel"`` (current Hubs) for JSON keys
   and query keys alike.
 * **Faults** (:class:`HubFaults`), seeded and deterministic per request kind: 503 on GETs,
@@ -355,6 +358,8 @@ class _Kind:
     default_sort: tuple[tuple[str, bool], ...] = ()
     """(field, descending) pairs; empty: insertion order (SQLite's rowid)."""
     writable: bool = True
+    lengths: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    """String fields with the validator's (min, max) length, checked when given."""
     created_with: tuple[str, ...] = ()
     """Relations the create answer carries (the Hub answers with the joined entity)."""
     hidden: frozenset[str] = frozenset()
@@ -393,13 +398,15 @@ _KINDS: Final = {
         }, ("name",), _f("id", "name", "online", "hidden", "realm_id", "robot_id"),
             _f("name", "updated_at", "created_at"),
             {"registry": ("registry_id", "registries"),
-             "registry_project": ("registry_project_id", "registry-projects")}),
+             "registry_project": ("registry_project_id", "registry-projects")},
+            lengths={"name": (3, 128)}),
         _Kind("projects", "core", {
             "description": None, "nodes": 0, "analyses": 0, "realm_id": None, "robot_id": None,
             "user_id": None, "master_image_id": None,
         }, ("name",), _f("id", "name", "realm_id", "user_id"),
             _f("id", "updated_at", "created_at"),
-            {"master_image": ("master_image_id", "master-images")}),
+            {"master_image": ("master_image_id", "master-images")},
+            lengths={"name": (5, 100), "description": (5, 4096)}),
         _Kind("project-nodes", "core", {
             "approval_status": "approved", "comment": None, "project_realm_id": None,
             "node_realm_id": None,
@@ -419,7 +426,8 @@ _KINDS: Final = {
             _f("created_at", "updated_at"),
             {"project": ("project_id", "projects"),
              "master_image": ("master_image_id", "master-images")},
-            (("updated_at", True),), created_with=("project",)),
+            (("updated_at", True),), created_with=("project",),
+            lengths={"name": (3, 128), "description": (5, 4096)}),
         _Kind("analysis-nodes", "core", {
             "approval_status": "approved", "run_status": None, "comment": None, "index": None,
             "artifact_tag": None, "artifact_digest": None, "analysis_realm_id": None,
@@ -539,7 +547,8 @@ class _Tokens:
         expected = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(mac, expected) or not isinstance(claims, dict):
             raise _TokenError("malformed")
-        if float(claims.get("exp", 0)) <= time.time():
+        # authup compares whole seconds: a token is still good during the second of its exp
+        if math.floor(time.time()) > float(claims.get("exp", 0)):
             raise _TokenError("expired")
         return claims
 
@@ -1126,6 +1135,7 @@ class HubEmulator:
         missing = [f for f in kind.required if body.get(f) in (None, "")]
         if missing:
             return _invalid(*missing)
+        self._check_lengths(kind, body)
         data = {k: v for k, v in body.items() if k not in ("id", "created_at", "updated_at")}
         if "realm_id" in kind.defaults:
             data.setdefault("realm_id", identity["realm_id"])
@@ -1209,11 +1219,19 @@ class HubEmulator:
                     "external_id": storage["id"], "realm_id": record["realm_id"],
                 })  # fmt: skip
 
+    @staticmethod
+    def _check_lengths(kind: _Kind, body: Mapping[str, Any]) -> None:
+        for field, (low, high) in kind.lengths.items():
+            value = body.get(field)
+            if value is not None and (not isinstance(value, str) or not low <= len(value) <= high):
+                raise _Refused(_invalid(field, received=value))
+
     async def _update(self, kind: _Kind, record_id: str, request: Request) -> Response:
         stored = self._records[kind.name].get(record_id)
         if stored is None:
             return _error(404)
         body = await self._body(request)
+        self._check_lengths(kind, body)
         for key, value in body.items():
             if key not in ("id", "created_at", "updated_at"):
                 stored.record[key] = value
@@ -1307,18 +1325,17 @@ class HubEmulator:
                 continue
             file_id = str(uuid.uuid4())
             target = self._files_dir / file_id
-            digest = hashlib.sha256()
             size = 0
             async with await anyio.open_file(target, "wb") as out:
                 async for chunk in part.chunks():
-                    digest.update(chunk)
                     size += len(chunk)
                     await out.write(chunk)
             directory, _, name = filename.rpartition("/")
             directory = directory or "."
             created.append(self._insert("bucket-files", {
                 "id": file_id, "name": name, "path": filename, "directory": directory,
-                "hash": digest.hexdigest(), "size": size, "bucket_id": bucket_id,
+                "hash": hashlib.sha256(filename.encode()).hexdigest(), "size": size,
+                "bucket_id": bucket_id,
                 "realm_id": bucket.record["realm_id"], "actor_id": identity["id"],
                 "actor_type": identity["kind"],
             }))  # fmt: skip

@@ -46,8 +46,11 @@ class RawHub:
         self.refresh_token: str | None = None
 
     def url(self, service: str, path: str) -> str:
-        base = {"auth": self.hub.auth_url, "core": self.hub.core_url,
-                "storage": self.hub.storage_url}[service]  # fmt: skip
+        base = {
+            "auth": self.hub.auth_url,
+            "core": self.hub.core_url,
+            "storage": self.hub.storage_url,
+        }[service]
         return base.rstrip("/") + "/" + path.lstrip("/")
 
     async def grant(self, body: Mapping[str, Any]) -> Answer:

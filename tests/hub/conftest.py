@@ -6,9 +6,10 @@ cached in ``$REAL_HUB_DIR``, default ``/tmp/flame-real-hub``) and its start (abo
 inside a test's 60-s time limit. Only what the selected tests need is prepared: the ``main``
 instance for tests marked ``real_hub`` (tests that use the ``real_hub`` fixture are marked
 automatically), the ``short`` instance (5-s access tokens, 20-s refresh tokens) for tests that use
-``real_hub_short_tokens``, and the ``flame-hub-client`` venv for tests that use
-``flame_hub_python``. A Hub that was running before the session is reused and left running; one
-the session started is stopped at its end (``FLAME_REAL_HUB_KEEP=1`` keeps it).
+``real_hub_short_tokens`` or are marked ``real_hub("short")``, and the ``flame-hub-client``
+venv for tests that use ``flame_hub_python``. A Hub that was running before the session is
+reused and left running; one the session started is stopped at its end (``FLAME_REAL_HUB_KEEP=1``
+keeps it).
 
 Where the Hub cannot run (no ``../shared/hub``, a failed build, ``FLAME_REAL_HUB=0``) its tests are
 skipped with the reason, and the run's last lines say so: never a silent pass.
@@ -41,8 +42,9 @@ _INSTANCE_FIXTURES = {"real_hub": "main", "real_hub_short_tokens": "short"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if any(name in names for name in _INSTANCE_FIXTURES):
-            item.add_marker(pytest.mark.real_hub)
+        for fixture, instance in _INSTANCE_FIXTURES.items():
+            if fixture in names:
+                item.add_marker(pytest.mark.real_hub(instance))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -58,12 +60,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     want_venv = False
     for item in session.items:
         names = getattr(item, "fixturenames", ())
-        if item.get_closest_marker("real_hub") is not None:
-            wanted.add("main")
-        if "real_hub_short_tokens" in names:
-            wanted.add("short")
+        for marker in item.iter_markers("real_hub"):
+            wanted.update(marker.args or ("main",))
         if "flame_hub_python" in names:
             want_venv = True
+    unknown = wanted - INSTANCES.keys()
+    if unknown:
+        raise pytest.UsageError(f"real_hub marker names unknown instances {sorted(unknown)}")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for name in sorted(wanted):
         if reporter is not None:

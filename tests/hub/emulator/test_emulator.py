@@ -78,8 +78,9 @@ async def test_every_filter_operator_selects_what_sqlite_would(
 ) -> None:
     _, raw = await start(session, emulators)
     await _nodes(raw, ["alpha-1", "alpha-2", "Alpha_3", "beta-1", "gamma"])
-    await raw.call("POST", "core", "nodes/" + (await _nodes(raw, ["hidden-1"]))[0]["id"],
-                   json={"hidden": True})  # fmt: skip
+    await raw.call(
+        "POST", "core", "nodes/" + (await _nodes(raw, ["hidden-1"]))[0]["id"], json={"hidden": True}
+    )
 
     async def names(value: str, key: str = "name") -> list[str]:
         answer = await raw.call(
@@ -122,13 +123,13 @@ async def test_sort_descending_and_by_several_keys(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
     _, raw = await start(session, emulators)
-    await _nodes(raw, ["b", "a", "c"])
+    await _nodes(raw, ["bbb", "aaa", "ccc"])
     answer = await raw.call("GET", "core", "nodes", params={"sort": "-name"})
-    assert _names(answer) == ["c", "b", "a"]
+    assert _names(answer) == ["ccc", "bbb", "aaa"]
     answer = await raw.call("GET", "core", "nodes", params={"sort": "-created_at,name"})
-    assert sorted(_names(answer)) == ["a", "b", "c"]
+    assert sorted(_names(answer)) == ["aaa", "bbb", "ccc"]
     answer = await raw.call("GET", "core", "nodes")  # no sort: insertion order
-    assert _names(answer) == ["b", "a", "c"]
+    assert _names(answer) == ["bbb", "aaa", "ccc"]
 
 
 async def test_camel_case_mode_speaks_camel_case_both_ways(
@@ -136,27 +137,27 @@ async def test_camel_case_mode_speaks_camel_case_both_ways(
 ) -> None:
     _, raw = await start(session, emulators, wire_case="camel")
     realm = await raw.master_realm_id()
-    node = await raw.create("core", "nodes", {"name": "n1", "realm_id": realm})
+    node = await raw.create("core", "nodes", {"name": "nd1", "realm_id": realm})
     assert {"createdAt", "realmId", "robotId"} <= node.keys()
     assert "created_at" not in node
     answer = await raw.call(
         "GET", "core", "nodes", params={"filter[realmId]": realm, "sort": "-createdAt"}
     )
-    assert _names(answer) == ["n1"]
+    assert _names(answer) == ["nd1"]
 
 
 async def test_include_fills_allowed_relations_only_when_asked(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
     _, raw = await start(session, emulators)
-    project = await raw.create("core", "projects", {"name": "p"})
-    analysis = await raw.create("core", "analyses", {"project_id": project["id"], "name": "a"})
+    project = await raw.create("core", "projects", {"name": "proj-1"})
+    analysis = await raw.create("core", "analyses", {"project_id": project["id"], "name": "ana"})
     plain = await raw.call("GET", "core", f"analyses/{analysis['id']}")
     assert "project" not in plain.json
     joined = await raw.call(
         "GET", "core", f"analyses/{analysis['id']}", params={"include": "project"}
     )
-    assert joined.json["project"]["name"] == "p"
+    assert joined.json["project"]["name"] == "proj-1"
     listed = await raw.call("GET", "core", "analyses", params={"include": "project,bogus"})
     assert listed.json["data"][0]["project"]["id"] == project["id"]
     assert "bogus" not in listed.json["data"][0]
@@ -179,7 +180,7 @@ async def test_create_update_delete_codes_and_partial_update(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
     emulator, raw = await start(session, emulators)
-    (node,) = await _nodes(raw, ["n1"], type="aggregator")
+    (node,) = await _nodes(raw, ["nd1"], type="aggregator")
     assert emulator.creates["nodes"] == 1
     assert emulator.creates["robots"] == 1  # a node brings its robot
     updated = await raw.call("POST", "core", f"nodes/{node['id']}", json={"hidden": True})
@@ -200,11 +201,21 @@ async def test_tokens_password_robot_client_and_refresh_grants(
     emulator, raw = await start(session, emulators)
     await raw.login()
     assert raw.refresh_token is not None
-    robot = await raw.grant({"grant_type": "robot_credentials", "id": emulator.robot_id,
-                             "secret": emulator.robot_secret})  # fmt: skip
+    robot = await raw.grant(
+        {
+            "grant_type": "robot_credentials",
+            "id": emulator.robot_id,
+            "secret": emulator.robot_secret,
+        }
+    )
     assert robot.status == 200
-    client = await raw.grant({"grant_type": "client_credentials", "client_id": emulator.client_id,
-                              "client_secret": emulator.robot_secret})  # fmt: skip
+    client = await raw.grant(
+        {
+            "grant_type": "client_credentials",
+            "client_id": emulator.client_id,
+            "client_secret": emulator.robot_secret,
+        }
+    )
     assert client.status == 200
     refreshed = await raw.grant({"grant_type": "refresh_token", "refresh_token": raw.refresh_token})
     assert refreshed.status == 200
@@ -215,8 +226,11 @@ async def test_tokens_password_robot_client_and_refresh_grants(
     wrong = await raw.grant({"grant_type": "password", "username": "admin", "password": "x"})
     assert (wrong.status, wrong.json["code"]) == (400, "invalid_credentials")
     assert emulator.token_grants == {
-        "password": 1, "robot_credentials": 1, "client_credentials": 1, "refresh_token": 1,
-    }  # fmt: skip
+        "password": 1,
+        "robot_credentials": 1,
+        "client_credentials": 1,
+        "refresh_token": 1,
+    }
 
 
 async def test_missing_malformed_and_expired_tokens(
@@ -229,14 +243,15 @@ async def test_missing_malformed_and_expired_tokens(
     on_auth = await raw.call("GET", "auth", "users", token="abc.def.ghi")
     assert (on_auth.status, on_auth.json["code"]) == (400, "invalid_token")
     token = await raw.login()
-    answer = await raw.grant({"grant_type": "password", "username": "admin",
-                              "password": "start123"})  # fmt: skip
+    answer = await raw.grant(
+        {"grant_type": "password", "username": "admin", "password": "start123"}
+    )
     assert answer.json["expires_in"] == 3600  # authup's word, not the truth
     payload = token.split(".")[1]
     claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["exp"] - claims["iat"] <= 1
-    # the token's own exp is the truth: wait until it has passed
-    await asyncio.sleep(max(0.0, claims["exp"] - time.time()) + 0.05)
+    # the token's own exp is the truth (whole seconds): wait until the second after it began
+    await asyncio.sleep(max(0.0, claims["exp"] + 1 - time.time()) + 0.05)
     for service, path in (("core", "nodes"), ("auth", "users")):
         expired = await raw.call("GET", service, path, token=token)
         assert (expired.status, expired.json["code"]) == (500, "INTERNAL_SERVER_ERROR")
@@ -265,12 +280,12 @@ async def test_a_dropped_answer_to_a_create_still_creates(
     realm = await raw.master_realm_id()
     emulator.inject("drop-after", method="POST", path="/nodes")
     with pytest.raises(aiohttp.ClientError):
-        await raw.call("POST", "core", "nodes", json={"name": "n1", "realm_id": realm})
+        await raw.call("POST", "core", "nodes", json={"name": "nd1", "realm_id": realm})
     assert emulator.creates["nodes"] == 1
-    assert [r["name"] for r in emulator.records("nodes")] == ["n1"]
+    assert [r["name"] for r in emulator.records("nodes")] == ["nd1"]
     emulator.inject("drop-before", method="POST", path="/nodes")
     with pytest.raises(aiohttp.ClientError):
-        await raw.call("POST", "core", "nodes", json={"name": "n2", "realm_id": realm})
+        await raw.call("POST", "core", "nodes", json={"name": "nd2", "realm_id": realm})
     assert emulator.creates["nodes"] == 1
     assert emulator.requests["POST /nodes"] == 2
 
@@ -302,9 +317,10 @@ async def test_upload_and_streams_round_trip(
     assert answer.status == 201
     files = answer.json["data"]
     assert [(f["name"], f["path"], f["directory"], f["size"]) for f in files] == [
-        ("main.py", "main.py", ".", 9), ("big.bin", "sub/big.bin", "sub", len(big)),
-    ]  # fmt: skip
-    assert files[1]["hash"] == hashlib.sha256(big).hexdigest()
+        ("main.py", "main.py", ".", 9),
+        ("big.bin", "sub/big.bin", "sub", len(big)),
+    ]
+    assert files[1]["hash"] == hashlib.sha256(b"sub/big.bin").hexdigest()  # of the path
     streamed = await raw.call("GET", "storage", f"bucket-files/{files[1]['id']}/stream")
     assert hashlib.sha256(streamed.body).hexdigest() == hashlib.sha256(big).hexdigest()
     tar = await raw.call("GET", "storage", f"buckets/{bucket['id']}/stream")
@@ -334,12 +350,14 @@ async def test_configuration_lock_checks_and_locks(
     _, raw = await start(session, emulators)
     realm = await raw.master_realm_id()
     image = (await raw.call("GET", "core", "master-images")).json["data"][0]
-    project = await raw.create("core", "projects", {"name": "p", "master_image_id": image["id"]})
+    project = await raw.create(
+        "core", "projects", {"name": "proj-1", "master_image_id": image["id"]}
+    )
     analysis = await raw.create("core", "analyses", {"project_id": project["id"]})
     command = f"analyses/{analysis['id']}/command"
     early = await raw.call("POST", "core", command, json={"command": "configurationLock"})
     assert early.json["message"] == "The analysis requires at least two nodes."
-    for name, node_type in (("agg", "aggregator"), ("n1", "default")):
+    for name, node_type in (("agg", "aggregator"), ("nd1", "default")):
         node = await raw.create(
             "core", "nodes", {"name": name, "realm_id": realm, "type": node_type}
         )
@@ -357,8 +375,9 @@ async def test_configuration_lock_checks_and_locks(
     code = await raw.create(
         "core", "analysis-buckets", {"analysis_id": analysis["id"], "type": "CODE"}
     )
-    await raw.create("core", "analysis-bucket-files",
-                     {"bucket_id": code["id"], "name": "main.py", "root": True})  # fmt: skip
+    await raw.create(
+        "core", "analysis-bucket-files", {"bucket_id": code["id"], "name": "main.py", "root": True}
+    )
     locked = await raw.call("POST", "core", command, json={"command": "configurationLock"})
     assert locked.status == 202
     assert locked.json["configuration_locked"] is True
@@ -370,7 +389,7 @@ async def test_auto_buckets_create_the_three_analysis_buckets(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
     emulator, raw = await start(session, emulators, auto_buckets=True)
-    project = await raw.create("core", "projects", {"name": "p"})
+    project = await raw.create("core", "projects", {"name": "proj-1"})
     analysis = await raw.create("core", "analyses", {"project_id": project["id"]})
     answer = await raw.call(
         "GET", "core", "analysis-buckets", params={"filter[analysis_id]": analysis["id"]}
@@ -383,7 +402,7 @@ async def test_request_counters_use_path_templates(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
     emulator, raw = await start(session, emulators)
-    (node,) = await _nodes(raw, ["n1"])
+    (node,) = await _nodes(raw, ["nd1"])
     await raw.call("GET", "core", f"nodes/{node['id']}")
     await raw.call("GET", "core", f"nodes/{node['id']}")
     assert emulator.requests["GET /nodes/{id}"] == 2
@@ -404,3 +423,10 @@ async def test_lifecycle_errors() -> None:
             await emulator.__aenter__()
     with pytest.raises(HubEmulatorStateError):
         _ = emulator.core_url
+
+
+def test_the_emulator_is_public_in_flame_async_local() -> None:
+    import flame_async.local as local
+
+    assert local.__all__ == sorted(local.__all__)
+    assert {"HubEmulator", "HubEmulatorStateError", "HubFaults"} <= set(local.__all__)
