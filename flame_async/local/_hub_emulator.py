@@ -358,6 +358,8 @@ class _Kind:
     default_sort: tuple[tuple[str, bool], ...] = ()
     """(field, descending) pairs; empty: insertion order (SQLite's rowid)."""
     writable: bool = True
+    unique: tuple[tuple[str, ...], ...] = ()
+    """Unique constraints (SQL: a NULL in any column never conflicts)."""
     lengths: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     """String fields with the validator's (min, max) length, checked when given."""
     created_with: tuple[str, ...] = ()
@@ -375,16 +377,18 @@ _KINDS: Final = {
     for kind in (
         # authup
         _Kind("realms", "auth", {"display_name": None, "description": None, "built_in": False},
-              ("name",)),
+              ("name",), unique=(("name",),)),
         _Kind("users", "auth", {
             "name_locked": True, "first_name": None, "last_name": None, "display_name": None,
             "email": None, "avatar": None, "cover": None, "active": True, "status": None,
             "status_message": None, "client_id": None, "realm_id": None, "password": None,
-        }, ("name",), relations={"realm": ("realm_id", "realms")}, hidden=_f("password")),
+        }, ("name",), relations={"realm": ("realm_id", "realms")}, hidden=_f("password"),
+            unique=(("name", "realm_id"),)),
         _Kind("robots", "auth", {
             "display_name": None, "description": None, "active": True, "user_id": None,
             "client_id": None, "realm_id": None, "secret": None,
-        }, ("name",), relations={"realm": ("realm_id", "realms")}, hidden=_f("secret")),
+        }, ("name",), relations={"realm": ("realm_id", "realms")}, hidden=_f("secret"),
+            unique=(("name", "realm_id"),)),
         _Kind("clients", "auth", {
             "built_in": False, "display_name": None, "description": None, "redirect_uri": None,
             "grant_types": None, "scope": None, "base_url": None, "root_url": None,
@@ -399,14 +403,14 @@ _KINDS: Final = {
             _f("name", "updated_at", "created_at"),
             {"registry": ("registry_id", "registries"),
              "registry_project": ("registry_project_id", "registry-projects")},
-            lengths={"name": (3, 128)}),
+            lengths={"name": (3, 128)}, unique=(("name", "realm_id"), ("external_name",))),
         _Kind("projects", "core", {
             "description": None, "nodes": 0, "analyses": 0, "realm_id": None, "robot_id": None,
             "user_id": None, "master_image_id": None,
         }, ("name",), _f("id", "name", "realm_id", "user_id"),
             _f("id", "updated_at", "created_at"),
             {"master_image": ("master_image_id", "master-images")},
-            lengths={"name": (5, 100), "description": (5, 4096)}),
+            lengths={"name": (5, 100), "description": (5, 4096)}, unique=(("name",),)),
         _Kind("project-nodes", "core", {
             "approval_status": "approved", "comment": None, "project_realm_id": None,
             "node_realm_id": None,
@@ -415,7 +419,7 @@ _KINDS: Final = {
             "node_id", "node.name"),
             _f("created_at", "updated_at", "project.name", "node.name"),
             {"project": ("project_id", "projects"), "node": ("node_id", "nodes")},
-            created_with=("project", "node")),
+            created_with=("project", "node"), unique=(("project_id", "node_id"),)),
         _Kind("analyses", "core", {
             "name": None, "description": None, "nodes": 0, "configuration_locked": False,
             "build_status": None, "run_status": None, "registry_id": None, "realm_id": None,
@@ -438,7 +442,7 @@ _KINDS: Final = {
             "node.realm_id"),
             _f("created_at", "updated_at", "index", "analysis.name", "node.name"),
             {"analysis": ("analysis_id", "analyses"), "node": ("node_id", "nodes")},
-            created_with=("analysis", "node")),
+            created_with=("analysis", "node"), unique=(("node_id", "analysis_id"),)),
         _Kind("analysis-node-logs", "core", {
             "code": None, "status": None, "level": "info", "message": None,
             "analysis_realm_id": None, "node_realm_id": None,
@@ -454,7 +458,7 @@ _KINDS: Final = {
         _Kind("analysis-buckets", "core", {"external_id": None, "realm_id": None},
               ("analysis_id", "type"), _f("analysis_id", "type", "analysis.id", "analysis.name"),
               _f("type", "created_at", "updated_at"), {"analysis": ("analysis_id", "analyses")},
-              created_with=("analysis",)),
+              created_with=("analysis",), unique=(("type", "analysis_id"),)),
         _Kind("analysis-bucket-files", "core", {
             "root": False, "external_id": None, "analysis_id": None, "realm_id": None,
             "user_id": None, "robot_id": None,
@@ -1140,6 +1144,7 @@ class HubEmulator:
         if "realm_id" in kind.defaults:
             data.setdefault("realm_id", identity["realm_id"])
         record = self._prepare(kind, data, identity)
+        self._check_unique(kind, record, None)
         # the answer joins the related records as they were before the create's side effects
         joined = self._with(kind, record, kind.created_with)
         created = self._insert(kind.name, record)
@@ -1219,6 +1224,17 @@ class HubEmulator:
                     "external_id": storage["id"], "realm_id": record["realm_id"],
                 })  # fmt: skip
 
+    def _check_unique(self, kind: _Kind, record: Mapping[str, Any], own_id: str | None) -> None:
+        for columns in kind.unique:
+            values = [record.get(c) for c in columns]
+            if any(v is None for v in values):
+                continue
+            for stored in self._records[kind.name].values():
+                other = stored.record
+                if other["id"] != own_id and [other.get(c) for c in columns] == values:
+                    message = "An entry with some unique attributes already exist."
+                    raise _Refused(_error(409, message, code="SQLITE_CONSTRAINT_UNIQUE"))
+
     @staticmethod
     def _check_lengths(kind: _Kind, body: Mapping[str, Any]) -> None:
         for field, (low, high) in kind.lengths.items():
@@ -1232,6 +1248,7 @@ class HubEmulator:
             return _error(404)
         body = await self._body(request)
         self._check_lengths(kind, body)
+        self._check_unique(kind, {**stored.record, **body}, record_id)
         for key, value in body.items():
             if key not in ("id", "created_at", "updated_at"):
                 stored.record[key] = value

@@ -136,11 +136,24 @@ async def test_missing_records_answer_404_with_the_error_shape(raw: RawHub) -> N
     assert deleted.status == 404
 
 
+async def test_a_duplicate_name_in_a_realm_conflicts(raw: RawHub) -> None:
+    realm = await _realm(raw)
+    await raw.create("core", "nodes", {"name": "twin", "realm_id": realm})
+    again = await raw.call(
+        "POST", "core", "nodes", json={"name": "twin", key(raw.hub, "realm_id"): realm}
+    )
+    assert (again.status, again.json["code"]) == (409, "SQLITE_CONSTRAINT_UNIQUE")
+    elsewhere = await _realm(raw)
+    await raw.create("core", "nodes", {"name": "twin", "realm_id": elsewhere})
+
+
 async def test_invalid_create_names_the_attribute(raw: RawHub) -> None:
     answer = await raw.call("POST", "core", "nodes", json={})
     assert answer.status == 400
     assert answer.json["statusCode"] == 400
     assert answer.json["attributes"] == ["name"]
+    short = await raw.call("POST", "core", "nodes", json={"name": "ab"})
+    assert (short.status, short.json["attributes"]) == (400, ["name"])
 
 
 async def test_create_update_delete_codes_and_joined_answers(raw: RawHub) -> None:
