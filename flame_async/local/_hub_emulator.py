@@ -358,6 +358,8 @@ class _Kind:
     default_sort: tuple[tuple[str, bool], ...] = ()
     """(field, descending) pairs; empty: insertion order (SQLite's rowid)."""
     writable: bool = True
+    selectable: bool = False
+    """``fields=a,b`` selects, ``-a`` drops (nodes, projects); elsewhere ``fields`` is ignored."""
     unique: tuple[tuple[str, ...], ...] = ()
     """Unique constraints (SQL: a NULL in any column never conflicts)."""
     lengths: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
@@ -403,14 +405,16 @@ _KINDS: Final = {
             _f("name", "updated_at", "created_at"),
             {"registry": ("registry_id", "registries"),
              "registry_project": ("registry_project_id", "registry-projects")},
-            lengths={"name": (3, 128)}, unique=(("name", "realm_id"), ("external_name",))),
+            lengths={"name": (3, 128)}, unique=(("name", "realm_id"), ("external_name",)),
+            selectable=True),
         _Kind("projects", "core", {
             "description": None, "nodes": 0, "analyses": 0, "realm_id": None, "robot_id": None,
             "user_id": None, "master_image_id": None,
         }, ("name",), _f("id", "name", "realm_id", "user_id"),
             _f("id", "updated_at", "created_at"),
             {"master_image": ("master_image_id", "master-images")},
-            lengths={"name": (5, 100), "description": (5, 4096)}, unique=(("name",),)),
+            lengths={"name": (5, 100), "description": (5, 4096)}, unique=(("name",),),
+            selectable=True),
         _Kind("project-nodes", "core", {
             "approval_status": "approved", "comment": None, "project_realm_id": None,
             "node_realm_id": None,
@@ -991,9 +995,24 @@ class HubEmulator:
     def _wire_key(self, key: str) -> str:
         return _to_snake(key) if self.wire_case == "camel" else key
 
-    def _out(self, kind: _Kind, record: dict[str, Any]) -> dict[str, Any]:
+    def _out(
+        self, kind: _Kind, record: dict[str, Any], fields: str | None = None
+    ) -> dict[str, Any]:
         shown = {k: v for k, v in record.items() if k not in kind.hidden}
+        if fields is not None and kind.selectable:
+            shown = self._select(kind, shown, fields)
         return _keys(shown, _to_camel) if self.wire_case == "camel" else shown
+
+    def _select(self, kind: _Kind, shown: dict[str, Any], fields: str) -> dict[str, Any]:
+        """rapiq ``fields``: a plain list selects (unknown names ignored), ``-x`` drops, ``+x``
+        adds (every field is shown already); relations asked for with ``include`` stay."""
+        names = [self._wire_key(f.strip()) for f in fields.split(",") if f.strip()]
+        plain = [n for n in names if n[0] not in "+-" and n in shown]
+        dropped = {n[1:] for n in names if n.startswith("-")}
+        relations = {r for r in kind.relations if r in shown}
+        if plain:
+            return {k: v for k, v in shown.items() if k in plain or k in relations}
+        return {k: v for k, v in shown.items() if k not in dropped}
 
     # -- storage of records ------------------------------------------------------------------
 
@@ -1030,6 +1049,7 @@ class HubEmulator:
         offset: int | None = None
         sort: list[tuple[str, bool]] = []
         include: list[str] = []
+        fields: str | None = None
         for key, value in self._query(request):
             if key.startswith("filter[") and key.endswith("]"):
                 dotted = (
@@ -1048,6 +1068,8 @@ class HubEmulator:
                 sort = self._sort(kind, value)
             elif key == "include":
                 include = self._include(kind, value)
+            elif key == "fields":
+                fields = value
         paged = any(key.startswith("page[") for key, _ in self._query(request))
         limit = MAX_LIMIT if limit is None or limit > MAX_LIMIT else limit
         offset = offset or 0
@@ -1057,10 +1079,10 @@ class HubEmulator:
             rows.sort(key=functools.partial(_sort_key, self, kind, field), reverse=descending)
         if kind.service == "auth" and not paged:
             # authup pages only when asked to: everything, and only the total
-            data = [self._out(kind, self._with(kind, s.record, include)) for s in rows]
+            data = [self._out(kind, self._with(kind, s.record, include), fields) for s in rows]
             return _json({"data": data, "meta": {"total": len(rows)}})
         page = rows[offset : offset + limit]
-        data = [self._out(kind, self._with(kind, s.record, include)) for s in page]
+        data = [self._out(kind, self._with(kind, s.record, include), fields) for s in page]
         return _json({"data": data, "meta": {"total": len(rows), "limit": limit, "offset": offset}})
 
     def _filter(self, kind: _Kind, dotted: str, value: str) -> _Filter | None:
@@ -1129,10 +1151,13 @@ class HubEmulator:
         if stored is None:
             return _error(404)
         include: list[str] = []
+        fields: str | None = None
         for key, value in self._query(request):
             if key == "include":
                 include = self._include(kind, value)
-        return _json(self._out(kind, self._with(kind, stored.record, include)))
+            elif key == "fields":
+                fields = value
+        return _json(self._out(kind, self._with(kind, stored.record, include), fields))
 
     async def _create(self, kind: _Kind, request: Request, identity: dict[str, Any]) -> Response:
         body = await self._body(request)

