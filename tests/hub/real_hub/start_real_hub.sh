@@ -180,6 +180,10 @@ RABBITMQ_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
 ensure_rabbitmq() {  # sets RABBITMQ=0 when it cannot be had
   [ "$RABBITMQ" = 1 ] || return 0
   [ -x "$RABBITMQ_BIN" ] && return 0
+  if [ -f "$BUILD_LOG/rabbitmq-unavailable" ]; then  # tried once on this machine already
+    log "rabbitmq-server is unavailable here (see $BUILD_LOG/rabbitmq-install.log): no AMQP"
+    RABBITMQ=0; return 0
+  fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing rabbitmq-server (Debian) with apt-get"
     if ! { DEBIAN_FRONTEND=noninteractive timeout "$BUILD_TIMEOUT" apt-get install -y \
@@ -189,6 +193,7 @@ ensure_rabbitmq() {  # sets RABBITMQ=0 when it cannot be had
                      --no-install-recommends rabbitmq-server; }; } > "$BUILD_LOG/rabbitmq-install.log" 2>&1
     then
       log "rabbitmq-server could not be installed (see $BUILD_LOG/rabbitmq-install.log): no AMQP"
+      touch "$BUILD_LOG/rabbitmq-unavailable"
       RABBITMQ=0
     fi
   else
