@@ -25,13 +25,22 @@ __all__ = [
     "RealHubInstance",
     "RealHubState",
     "prepare_instance",
+    "shared_hub",
     "stop_instance",
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SCRIPT: Final = Path(__file__).resolve().parent / "real_hub" / "start_real_hub.sh"
 SHARED_HUB: Final = ROOT.parent / "shared" / "hub"
-"""The real Hub's sources and lockfile (``vendor/``); CI lays ``shared/`` beside the clone."""
+"""The real Hub's sources and lockfile (``vendor/``); CI lays ``shared/`` beside the clone.
+``FLAME_SHARED_HUB`` names another folder."""
+
+
+def shared_hub() -> Path:
+    """Where the real Hub's ``vendor/`` folder is looked for."""
+    return Path(os.environ.get("FLAME_SHARED_HUB", SHARED_HUB))
+
+
 _BUILD_TIMEOUT: Final = 40 * 60.0
 """The whole ``start`` (a first build takes 4-5 minutes on 2 cores; a built tree ~15 s)."""
 
@@ -117,7 +126,7 @@ class RealHubInstance:
             "STORAGE_PORT": str(self.storage_port),
             "S3_PORT": str(self.s3_port),
             "RABBITMQ": "1" if self.rabbitmq else "0",
-            "REAL_HUB_VENDOR": str(SHARED_HUB / "vendor"),
+            "REAL_HUB_VENDOR": str(shared_hub() / "vendor"),
         }
         for key in ("TOKEN_ACCESS_MAX_AGE", "TOKEN_REFRESH_MAX_AGE"):
             env.pop(key, None)
@@ -226,10 +235,10 @@ def prepare_instance(instance: RealHubInstance) -> RealHubState:
     began = time.monotonic()
     if os.environ.get("FLAME_REAL_HUB", "1").lower() in ("0", "off", "no", "false"):
         return RealHubState(None, "FLAME_REAL_HUB=0 turns the real-Hub tests off", False, 0.0)
-    if not (SHARED_HUB / "vendor").is_dir():
+    if not (shared_hub() / "vendor").is_dir():
         return RealHubState(
             None,
-            f"no real Hub sources at {SHARED_HUB}/vendor (../shared/hub beside the clone)",
+            f"no real Hub sources at {shared_hub()}/vendor (../shared/hub beside the clone)",
             False,
             0.0,
         )
