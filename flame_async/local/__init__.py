@@ -16,6 +16,7 @@ Run N copies of an analysis against it, in one process or one per node::
 from ._core import NodeUnreachable
 from ._data import DataFolderError
 from ._faults import ApiOutage, FaultPlan, Faults
+from ._hub_emulator import HubEmulator, HubEmulatorStateError, HubFaults
 from ._memory import MemoryTransport
 from ._node import LocalNode, NodeRole
 from ._platform import LocalPlatform, PlatformStateError, TransportKind
@@ -36,6 +37,9 @@ __all__ = [
     "DeliveryOutcome",
     "FaultPlan",
     "Faults",
+    "HubEmulator",
+    "HubEmulatorStateError",
+    "HubFaults",
     "InvalidToken",
     "LocalNode",
     "LocalPlatform",
