@@ -22,8 +22,7 @@ from flame_async.config import RetryPolicy
 from flame_async.errors import HubResponseInvalid, ServiceUnavailable
 from flame_async.hub import F, HubClient, PasswordAuth, UploadFile
 from flame_async.hub.models import HubModel
-from flame_async.local import HubEmulator
-from flame_async.local._hub_emulator import HubFaults
+from flame_async.local import HubEmulator, HubFaults
 
 from ._backends import HubConnection
 
