@@ -340,6 +340,40 @@ async def test_upload_then_stream_file_and_bucket_tar(raw: RawHub) -> None:
         assert member.read() == payload
 
 
+async def test_upload_file_names_arrive_as_the_hubs_multipart_parser_reads_them(
+    raw: RawHub,
+) -> None:
+    bucket = await raw.create("storage", "buckets", {"name": f"conf-{uuid.uuid4().hex[:12]}"})
+    quoted = aiohttp.FormData()  # aiohttp percent-encodes names by default: kept verbatim
+    quoted.add_field("f", io.BytesIO(b"x"), filename="sub/\u00e4 b.txt")
+    answer = await raw.call("POST", "storage", f"buckets/{bucket['id']}/upload", data=quoted)
+    assert answer.json["data"][0]["path"] == "sub%2F%C3%A4%20b.txt"
+    plain = aiohttp.FormData(quote_fields=False)  # raw UTF-8: read as latin-1
+    plain.add_field("f", io.BytesIO(b"x"), filename="sub/\u00e4 b.txt")
+    answer = await raw.call("POST", "storage", f"buckets/{bucket['id']}/upload", data=plain)
+    (stored,) = answer.json["data"]
+    assert (stored["path"], stored["name"]) == ("sub/\u00c3\u00a4 b.txt", "\u00c3\u00a4 b.txt")
+
+
+async def test_a_second_upload_of_a_path_replaces_the_content_of_both_records(
+    raw: RawHub,
+) -> None:
+    bucket = await raw.create("storage", "buckets", {"name": f"conf-{uuid.uuid4().hex[:12]}"})
+    ids = []
+    for content in (b"one\n", b"two\n"):
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("f", io.BytesIO(content), filename="same.txt")
+        answer = await raw.call("POST", "storage", f"buckets/{bucket['id']}/upload", data=form)
+        ids.append(answer.json["data"][0]["id"])
+    assert ids[0] != ids[1]
+    for file_id in ids:
+        streamed = await raw.call("GET", "storage", f"bucket-files/{file_id}/stream")
+        assert streamed.body == b"two\n"
+    tar = await raw.call("GET", "storage", f"buckets/{bucket['id']}/stream")
+    with tarfile.open(fileobj=io.BytesIO(tar.body)) as archive:
+        assert archive.getnames() == ["same.txt", "same.txt"]
+
+
 # -- short token lifetimes: the real Hub's second instance against an emulator set the same way --
 
 

@@ -430,3 +430,37 @@ def test_the_emulator_is_public_in_flame_async_local() -> None:
 
     assert local.__all__ == sorted(local.__all__)
     assert {"HubEmulator", "HubEmulatorStateError", "HubFaults"} <= set(local.__all__)
+
+
+async def test_records_added_without_http_page_like_the_rest_under_faults(
+    session: aiohttp.ClientSession, emulators: AsyncExitStack
+) -> None:
+    emulator, raw = await start(
+        session, emulators, faults=HubFaults(seed=3, get_503=0.05, drop_before=0.02)
+    )
+    project = emulator.add("projects", name="bulk-project")
+    for i in range(1000):
+        emulator.add("analyses", project_id=project["id"], name=f"a-{i:04d}")
+    assert emulator.creates["analyses"] == 1000
+    assert emulator.records("projects")[-1]["analyses"] == 1000
+    with pytest.raises(ValueError, match="name"):
+        emulator.add("projects", name="x")
+    await raw.login()
+    seen: list[str] = []
+    failures = 0
+    while True:
+        params = {"page[limit]": "50", "page[offset]": str(len(seen)), "sort": "created_at"}
+        try:
+            answer = await raw.call("GET", "core", "analyses", params=params)
+        except aiohttp.ClientError:
+            failures += 1
+            continue
+        if answer.status == 503:
+            failures += 1
+            continue
+        page = answer.json["data"]
+        if not page:
+            break
+        seen.extend(a["name"] for a in page)
+    assert seen == [f"a-{i:04d}" for i in range(1000)]
+    assert failures > 0  # the dice did hurt some pages
