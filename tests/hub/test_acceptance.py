@@ -273,3 +273,58 @@ async def test_flame_hub_and_our_client_read_the_same_records(
         for record, mine in zip(page, ours_page, strict=True):
             _shared_fields_equal(record, mine)
     assert {"id", "name", "created_at", "realm_id", "project_id", "description"} <= compared
+
+
+# -- memory: a 64 MiB file goes up and down without being held in memory ----------------------
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+async def test_a_64_mib_upload_and_download_grow_rss_by_less_than_32_mib(
+    real_hub: HubConnection, tmp_path: Path
+) -> None:
+    import hashlib
+
+    big = tmp_path / "big.bin"
+    digest = hashlib.sha256()
+    with big.open("wb") as out:
+        for i in range(64):
+            block = hashlib.sha256(str(i).encode()).digest() * 32768  # 1 MiB
+            digest.update(block)
+            out.write(block)
+    async with client(real_hub) as api:
+        bucket = await api.storage.buckets.create(name=tag())
+        await api.storage.buckets.find(limit=1)  # token, casing and connections before measuring
+        peak = start = rss_mib()
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_mib())
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sample)
+            files = await api.storage.buckets.upload(
+                bucket, [UploadFile("small.txt", b"x" * 100), UploadFile("big.bin", big)]
+            )
+            stored = next(f for f in files if f.name == "big.bin")
+            streamed = hashlib.sha256()
+            async for chunk in api.storage.bucket_files.stream(stored):
+                streamed.update(chunk)
+            copy = await api.storage.bucket_files.download(stored, tmp_path / "copy.bin")
+            tg.cancel_scope.cancel()
+        peak = max(peak, rss_mib())
+        assert streamed.digest() == digest.digest()
+        assert copy.stat().st_size == 64 << 20
+        for f in files:
+            await api.storage.bucket_files.delete(f)
+        await api.storage.buckets.delete(bucket)
+    assert peak - start < 32, f"RSS grew by {peak - start:.1f} MiB"
