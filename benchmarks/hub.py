@@ -484,7 +484,7 @@ async def part_tokens(duration: float, wave: int, lifetime: float) -> dict[str, 
 # -- part 4: transfers ------------------------------------------------------------------------
 
 
-def rate(size_mib: int, seconds: float, rss: dict[str, float]) -> dict[str, float]:
+def rate(size_mib: int, seconds: float, rss: dict[str, float]) -> dict[str, Any]:
     return {
         "mib_s": round(size_mib / seconds, 1),
         "seconds": round(seconds, 2),
@@ -492,8 +492,10 @@ def rate(size_mib: int, seconds: float, rss: dict[str, float]) -> dict[str, floa
     }
 
 
-async def part_transfers(env: dict[str, str], size_mib: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"size_mib": size_mib}
+async def part_transfers(env: dict[str, str], size_mib: int, repeats: int = 3) -> dict[str, Any]:
+    """Uploads once each; downloads (to a file) and stream reads (no disk) ``repeats`` times,
+    ours and raw alternating, medians (writing to the disk is the noisiest part)."""
+    out: dict[str, Any] = {"size_mib": size_mib, "download_repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="flame-hub-bench-") as tmp:
         source = Path(tmp) / "big.bin"
         with source.open("wb") as f:
@@ -502,20 +504,12 @@ async def part_transfers(env: dict[str, str], size_mib: int) -> dict[str, Any]:
                 f.write(block)
         async with client_of(env) as hub:
             await hub.core.nodes.find(limit=1)
-            bucket = await hub.storage.buckets.create(name=f"bench-{os.getpid()}-{time.time_ns()}")
+            bucket = await hub.storage.buckets.create(name=f"bench-{time.time_ns()}")
             async with peak_rss() as rss:
                 began = time.perf_counter()
                 files = await hub.storage.buckets.upload(bucket, [UploadFile("big.bin", source)])
                 seconds = time.perf_counter() - began
             out["ours_upload"] = rate(size_mib, seconds, rss)
-            target = Path(tmp) / "ours.bin"
-            async with peak_rss() as rss:
-                began = time.perf_counter()
-                await hub.storage.bucket_files.download(files[0], target)
-                seconds = time.perf_counter() - began
-            out["ours_download"] = rate(size_mib, seconds, rss)
-            assert target.stat().st_size == source.stat().st_size
-            target.unlink()
             token = await hub.tokens.token()  # the same token for the raw calls
             raw_bucket = await hub.storage.buckets.create(name=f"bench-raw-{time.time_ns()}")
             storage = env["FLAME_HUB_STORAGE_URL"].rstrip("/")
@@ -524,9 +518,9 @@ async def part_transfers(env: dict[str, str], size_mib: int) -> dict[str, Any]:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 async with peak_rss() as rss:
                     began = time.perf_counter()
-                    with source.open("rb") as f:
+                    with source.open("rb") as upload:
                         form = aiohttp.FormData()
-                        form.add_field("file", f, filename="big.bin")
+                        form.add_field("file", upload, filename="big.bin")
                         async with session.post(
                             f"{storage}/buckets/{raw_bucket.id}/upload", data=form, headers=headers
                         ) as response:
@@ -535,32 +529,51 @@ async def part_transfers(env: dict[str, str], size_mib: int) -> dict[str, Any]:
                     seconds = time.perf_counter() - began
                 out["raw_upload"] = rate(size_mib, seconds, rss)
                 file_id = answer["data"][0]["id"]
-                async with peak_rss() as rss:
-                    began = time.perf_counter()
+                target = Path(tmp) / "copy.bin"
+
+                async def ours_download() -> None:
+                    await hub.storage.bucket_files.download(files[0], target)
+
+                async def ours_stream() -> None:
+                    async for _ in hub.storage.bucket_files.stream(files[0]):
+                        pass
+
+                async def raw_read(write: bool) -> None:
                     async with session.get(
                         f"{storage}/bucket-files/{file_id}/stream", headers=headers
                     ) as response:
                         response.raise_for_status()
-                        with target.open("wb") as f:
+                        with target.open("wb") if write else contextlib.nullcontext() as f:
                             async for chunk in response.content.iter_chunked(MiB):
-                                f.write(chunk)
-                    seconds = time.perf_counter() - began
-                out["raw_download"] = rate(size_mib, seconds, rss)
-            for f_ in files:
-                await hub.storage.bucket_files.delete(f_)
+                                if f is not None:
+                                    f.write(chunk)
+
+                runs: dict[str, list[float]] = {}
+                growth: dict[str, float] = {}
+                for _ in range(repeats):
+                    for name, call in (
+                        ("ours_download", ours_download),
+                        ("raw_download", lambda: raw_read(True)),
+                        ("ours_stream", ours_stream),
+                        ("raw_stream", lambda: raw_read(False)),
+                    ):
+                        async with peak_rss() as rss:
+                            began = time.perf_counter()
+                            await call()
+                            runs.setdefault(name, []).append(time.perf_counter() - began)
+                        growth[name] = max(growth.get(name, 0.0), rss["growth_mib"])
+                for name, seconds_list in runs.items():
+                    out[name] = rate(size_mib, median(seconds_list), {"growth_mib": growth[name]})
+                    out[name]["mib_s_each"] = [round(size_mib / x, 1) for x in seconds_list]
+            await hub.storage.bucket_files.delete(files[0])
             await hub.storage.bucket_files.delete(file_id)
             for b in (bucket, raw_bucket):
                 await hub.storage.buckets.delete(b)
     out["ratios"] = {
-        "ours_upload_vs_raw": round(out["ours_upload"]["mib_s"] / out["raw_upload"]["mib_s"], 3),
-        "ours_download_vs_raw": round(
-            out["ours_download"]["mib_s"] / out["raw_download"]["mib_s"], 3
-        ),
+        f"ours_{kind}_vs_raw": round(out[f"ours_{kind}"]["mib_s"] / out[f"raw_{kind}"]["mib_s"], 3)
+        for kind in ("upload", "download", "stream")
     }
     return out
-
-
-# -- main -----------------------------------------------------------------------------------
 
 
 async def transfers(size_mib: int) -> dict[str, Any]:
