@@ -575,14 +575,8 @@ async def _logs(hub: HubClient, args: argparse.Namespace) -> int:
         node_ids = [m.node_id for m in members if m.node_id is not None]
     lines: list[Any] = []
     for node_id in node_ids:
-        # paged by hand: find_all() sorts by created_at, which the 0.8 line answers with a 500
-        # (SQLITE_ERROR) on this resource
         query = {"analysis_id": aid, "node_id": node_id}
-        offset, total = 0, 1
-        while offset < total:
-            page = await hub.core.analysis_node_logs.find(filter=query, offset=offset)
-            lines += page.items
-            offset, total = offset + len(page.items), page.total if page.items else 0
+        lines += await hub.core.analysis_node_logs.find_all(filter=query)
     lines.sort(key=lambda line: (line.created_at is None, line.created_at))
     if args.json:
         _print(_json_of(lines))

@@ -208,3 +208,43 @@ async def test_a_hub_refusal_exits_1_and_an_unknown_project_exits_2(tmp_path: Pa
         assert code == 1
         assert len(err.strip().splitlines()) == 1
         assert "RESULT bucket" in err
+
+
+async def test_analysis_logs_reads_every_nodes_lines_from_the_real_hub(
+    real_hub: HubConnection,
+) -> None:
+    # the 0.8 line requires both filters and answers a created_at sort with 500 on this resource
+    t = f"cli{uuid.uuid4().hex[:8]}"
+    async with HubClient(
+        auth_url=real_hub.auth_url,
+        core_url=real_hub.core_url,
+        storage_url=real_hub.storage_url,
+        credentials=PasswordAuth(real_hub.user, real_hub.password),
+    ) as api:
+        realm = await api.auth.realms.get_by_name("master")
+        nodes = [
+            await api.core.nodes.create(name=f"{t}-{i}", realm_id=realm.id, type="default")
+            for i in range(2)
+        ]
+        project = await api.core.projects.create(name=f"{t}-p")
+        for node in nodes:
+            await api.core.project_nodes.create(project_id=project.id, node_id=node.id)
+        analysis = await api.core.analyses.create(project_id=project.id, name=f"{t}-a")
+        for i, node in enumerate(nodes):
+            await api.core.analysis_nodes.create(analysis_id=analysis.id, node_id=node.id)
+            await api.core.analysis_node_logs.create(
+                analysis_id=analysis.id, node_id=node.id, level="info",
+                message=f"line from {i}", status="running",
+            )  # fmt: skip
+        found = await api.core.analysis_node_logs.find_all(
+            filter={"analysis_id": analysis.id, "node_id": nodes[0].id}
+        )
+        assert [line.message for line in found] == ["line from 0"]
+    code, out, err = await cli(["analysis", "logs", str(analysis.id)], environ(real_hub))
+    assert code == 0, err
+    assert "line from 0" in out and "line from 1" in out
+    code, out, err = await cli(
+        ["analysis", "logs", str(analysis.id), "--node", f"{t}-1"], environ(real_hub)
+    )
+    assert code == 0, err
+    assert "line from 1" in out and "line from 0" not in out
