@@ -50,9 +50,18 @@ sys.path.insert(0, str(ROOT))
 from flame_async.config import RetryPolicy  # noqa: E402
 from flame_async.hub import HubClient, PasswordAuth, UploadFile  # noqa: E402
 
-CACHE = Path(os.environ.get("FLAME_ASYNC_TEST_CACHE", "/tmp/flame-async-cache")) / "venvs"
-FLAME_HUB_OLD = CACHE / "flame-hub-client-0.2.0" / "bin" / "python"
-FLAME_HUB_NEW = CACHE / "flame-hub-client-1.1.0" / "bin" / "python"
+
+def flame_hub_python(version: str) -> Path:
+    """The interpreter of the cached venv with ``flame-hub-client==version`` (built by pip
+    once per machine, as the tests' venvs are, in ``$FLAME_ASYNC_TEST_CACHE``)."""
+    from tests.hub._venvs import prepare_flame_hub_venv
+
+    venv = prepare_flame_hub_venv(version)
+    if venv.python is None:
+        raise RuntimeError(f"no flame-hub-client {version}: {venv.skip_reason}")
+    return venv.python
+
+
 SCRIPT = ROOT / "tests" / "hub" / "real_hub" / "start_real_hub.sh"
 EMULATOR = Path(__file__).resolve().parent / "_hub_emulator_server.py"
 RELATIONS = ["registry", "project", "master_image"]
@@ -113,7 +122,7 @@ def real_hub_env() -> dict[str, str]:
         ["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=False, timeout=60
     )
     if done.returncode != 0:
-        raise SystemExit(f"no real Hub: start {SCRIPT} start (or export FLAME_HUB_*)")
+        raise RuntimeError(f"no real Hub: run `{SCRIPT} start` (or export FLAME_HUB_*)")
     return dict(
         line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("FLAME_HUB_")
     )
@@ -238,8 +247,6 @@ print(json.dumps({"seconds": seconds, "records": count}))
 async def flame_hub_paging(
     python: Path, env: dict[str, str], project_id: str, repeats: int, *, patch_meta: bool
 ) -> dict[str, Any]:
-    if not python.exists():  # noqa: ASYNC240 - once, before anything is timed
-        return {"skipped": f"no venv at {python.parent.parent}"}
     child_env = {
         **os.environ,
         "HUB_USER": env["FLAME_HUB_USER"],
@@ -325,7 +332,8 @@ async def part_real_hub(count: int, repeats: int) -> dict[str, Any]:
         for name, include in (("raw_sequential", False), ("raw_sequential_relations_on", True)):
             seconds, n = await repeat(lambda inc=include: raw.all_sequential(pid, inc), repeats)  # type: ignore[misc]
             out[name] = summary(seconds, n)
-    fh = await flame_hub_paging(FLAME_HUB_OLD, env, pid, repeats, patch_meta=False)
+    python = await anyio.to_thread.run_sync(flame_hub_python, "0.2.0")
+    fh = await flame_hub_paging(python, env, pid, repeats, patch_meta=False)
     out["flame_hub_0_2_0"] = summary(fh["seconds"], fh["records"]) if "seconds" in fh else fh
     out["ratios"] = {
         "ours_on_vs_flame_hub (target >= 1.5)": ratio(
@@ -420,7 +428,8 @@ async def part_emulator(count: int, repeats: int, latency: float) -> dict[str, A
             out["raw_c8_relations_on"] = summary(seconds, n)
             seconds, n = await repeat(lambda: raw.all_sequential(pid), repeats)
             out["raw_sequential"] = summary(seconds, n)
-        fh = await flame_hub_paging(FLAME_HUB_NEW, env, pid, max(1, repeats - 1), patch_meta=True)
+        python = await anyio.to_thread.run_sync(flame_hub_python, "1.1.0")
+        fh = await flame_hub_paging(python, env, pid, max(1, repeats - 1), patch_meta=True)
         out["flame_hub_1_1_0"] = summary(fh["seconds"], fh["records"]) if "seconds" in fh else fh
     out["ratios"] = {
         "ours_c8_on_vs_flame_hub (same relations, target >= 5)": ratio(
