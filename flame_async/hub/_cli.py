@@ -355,7 +355,7 @@ async def _dispatch(client: HubClient, args: argparse.Namespace) -> int:
         if command == "get":
             return await _get(hub, args)
         if command == "download":
-            files = await hub.download_results(args.analysis, args.out)
+            files = await hub.download_results(_uuid(args.analysis, "the analysis id"), args.out)
             _print(f"{len(files)} file(s) in {args.out}")
             for path in files:
                 _print(f"  {path}")
