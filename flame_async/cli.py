@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="scaffold an analysis project in a new folder NAME")
     init.add_argument("name", type=Path, help="folder to create")
+
+    from .hub._cli import add_parser as add_hub_parser
+
+    add_hub_parser(sub, _Help)
     return parser
 
 
@@ -291,6 +295,11 @@ class _LineFormat(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flame-async`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hub"]:
+        from .hub._cli import glue_dashed_values
+
+        argv = glue_dashed_values(argv)  # `hub ls --sort -created_at`
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING
     handler = logging.StreamHandler()
@@ -311,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "a venv with requirements-dev.txt, then pytest)"
             )
             return 0
+        if args.command == "hub":
+            from .hub._cli import run as run_hub
+
+            return run_hub(args)  # its own exit codes: 1 for a Hub error, 2 for usage
         if args.command == "run":
             return anyio.run(_run, args)
         return anyio.run(_platform, args)

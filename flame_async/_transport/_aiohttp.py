@@ -32,10 +32,10 @@ from ..errors import (
     TransportError,
 )
 from ._http import Body, Buffer, Handler, Multipart, Request, Response
-from ._server import NodeApiMount, serve_handler
 
 if TYPE_CHECKING:
     from ..config import FlameConfig
+    from ._server import NodeApiMount
 
 __all__ = ["AiohttpTransport", "aiohttp_data", "aiohttp_send"]
 
@@ -343,6 +343,9 @@ class AiohttpTransport:
                 self._mount.detach()
             return
         sock, self._api_socket = self._api_socket, None
+        # imported here: aiohttp.web (and the warning filter it adds) only where a server runs
+        from ._server import serve_handler
+
         await serve_handler(
             handler,
             host=self._api_host,

@@ -146,7 +146,13 @@ class AnalysesResource(Resource[Analysis, AnalysisCreate, AnalysisUpdate]):
 
 
 class AnalysisNodeLogsResource(ReadResource[AnalysisNodeLog]):
-    """``/analysis-node-logs``: find, create, and delete by analysis and node."""
+    """``/analysis-node-logs``: find, create, and delete by analysis and node.
+
+    The 0.8 line requires both ``analysis_id`` and ``node_id`` filters, and answers a sort on
+    ``created_at`` with 500 (its table has no such column), so ``iterate()`` adds no sort here.
+    """
+
+    _order_key = None
 
     async def create(
         self, data: AnalysisNodeLogCreate | None = None, /, **fields: object

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 from uuid import UUID
 
 import anyio
@@ -123,6 +123,9 @@ class ReadResource(Generic[M]):
         path: Its collection path (``/analyses``).
         model: Its read model.
     """
+
+    _order_key: ClassVar[str | None] = "created_at"
+    """What ``iterate()`` sorts by last, for stable paging (None: the Hub cannot sort)."""
 
     def __init__(self, session: Session, service: Service, path: str, model: type[M]) -> None:
         self._session = session
@@ -263,8 +266,9 @@ class ReadResource(Generic[M]):
 
     def _iteration_sort(self, sort: str | Sequence[str] | None) -> list[str]:
         keys = list(Query.of(sort=sort).sort)
-        if not any(to_snake(k.lstrip("-")) == "created_at" for k in keys):
-            keys.append("created_at")
+        order = self._order_key
+        if order is not None and not any(to_snake(k.lstrip("-")) == order for k in keys):
+            keys.append(order)
         return keys
 
     async def iterate(

@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 import anyio.to_thread
 
-from .._transport import Response, retry_call
+from .._transport import Buffer, Response, retry_call
 from ..errors import HubResponseInvalid, InvalidArgument
 from ._resource import ReadResource, Ref, Resource, id_of, parse
 from ._session import Payload, Session, hub_retryable
@@ -139,16 +139,32 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
     return written
 
 
-async def _stream_chunks(response: Response, chunk_size: int) -> AsyncIterator[bytes]:
-    buffer = bytearray()
+async def _stream_chunks(
+    response: Response, chunk_size: int, *, exact: bool = True
+) -> AsyncIterator[bytes]:
+    """The body in chunks of ``chunk_size`` bytes (the last one shorter); with ``exact=False``
+    in chunks of *at least* ``chunk_size`` as the pieces arrive (one copy less: for writing to
+    a file, where the chunk boundaries do not matter)."""
+    pending: list[Buffer] = []
+    size = 0
     try:
         async for piece in response.iter_chunks():
-            buffer += piece
-            while len(buffer) >= chunk_size:
-                yield bytes(buffer[:chunk_size])
-                del buffer[:chunk_size]
-        if buffer:
-            yield bytes(buffer)
+            pending.append(piece)
+            size += len(piece)
+            if size < chunk_size:
+                continue
+            data = b"".join(pending)
+            if not exact:
+                pending, size = [], 0
+                yield data
+                continue
+            whole = len(data) - len(data) % chunk_size
+            rest = data[whole:]
+            pending, size = ([rest] if rest else []), len(rest)
+            for start in range(0, whole, chunk_size):
+                yield data[start : start + chunk_size]
+        if pending:
+            yield b"".join(pending)
     finally:
         await response.aclose()
 
@@ -164,7 +180,7 @@ async def _download_to(
         response = await session.stream("GET", "storage", path)
         try:
             async with await anyio.open_file(temp, "wb") as out:
-                async for chunk in _stream_chunks(response, chunk_size):
+                async for chunk in _stream_chunks(response, chunk_size, exact=False):
                     await out.write(chunk)
             await anyio.Path(temp).replace(dest)
         except BaseException:

@@ -36,7 +36,13 @@ NODES = ("node-1", "node-2", "node-3")
 AGGREGATOR = "node-1"
 SIZE_BUDGET = 2_000_000  # bytes, everything under examples/data
 
-EXAMPLE_FILES = ("fedavg_logreg.py", "fhir_mean_histogram.py", "request_response.py", "star.py")
+EXAMPLE_FILES = (
+    "fedavg_logreg.py",
+    "fhir_mean_histogram.py",
+    "hub_start_analysis.py",  # runs against a Hub: tests/hub/test_hub_example.py
+    "request_response.py",
+    "star.py",
+)
 
 
 def load_module(name: str) -> ModuleType:
