@@ -80,6 +80,8 @@ _ADVERTISED_EXPIRES_IN: Final = 3600
 """What authup writes into ``expires_in`` whatever the real lifetime is."""
 _CHUNK: Final = 1 << 20
 _JSON_LIMIT: Final = 4 << 20
+_LISTINGS_KEPT: Final = 64
+"""Distinct list queries cached between two changes (beyond, the cache starts over)."""
 _Service = Literal["auth", "core", "storage"]
 
 
@@ -678,6 +680,9 @@ class HubEmulator:
         """Tokens issued per grant type (``"password"``, ``"refresh_token"``, ...)."""
         self._records: dict[str, dict[str, _Stored]] = {name: {} for name in _KINDS}
         self._seq = 0
+        self._listings: dict[tuple[str, str, tuple[tuple[str, bool], ...]], list[_Stored]] = {}
+        """Filtered, sorted rows per (resource, filters, sort), emptied on every change: a
+        page is then a slice, as cheap as the Hub's indexed query, whatever the record count."""
         self._dice: collections.Counter[str] = collections.Counter()
         self._injected: list[tuple[str | None, str | None, Fault, dict[str, str]]] = []
         self._phase: Literal["new", "running", "closed"] = "new"
@@ -873,6 +878,11 @@ class HubEmulator:
             response = await self._route(service, request, path)
         except _Refused as refused:
             response = refused.response
+        finally:
+            if request.method not in ("GET", "HEAD"):
+                # a write may change any record (counters of parents, commands, relations):
+                # no cached listing outlives it
+                self._listings.clear()
         if fault == "drop-after":
             await response.aclose()
             raise ConnectionDropped
@@ -1050,6 +1060,7 @@ class HubEmulator:
         record.update(data)
         self._seq += 1
         self._records[name][record["id"]] = _Stored(self._seq, record)
+        self._listings.clear()
         self.creates[name] += 1
         return record
 
@@ -1100,10 +1111,7 @@ class HubEmulator:
         paged = any(key.startswith("page[") for key, _ in self._query(request))
         limit = MAX_LIMIT if limit is None or limit > MAX_LIMIT else limit
         offset = offset or 0
-        rows = [s for s in self._records[kind.name].values() if self._keep(kind, s.record, filters)]
-        rows.sort(key=lambda s: s.seq)
-        for field, descending in reversed(sort or list(kind.default_sort)):
-            rows.sort(key=functools.partial(_sort_key, self, kind, field), reverse=descending)
+        rows = self._rows(kind, filters, tuple(sort or kind.default_sort))
         if kind.service == "auth" and not paged:
             # authup pages only when asked to: everything, and only the total
             data = [self._out(kind, self._with(kind, s.record, include), fields) for s in rows]
@@ -1111,6 +1119,26 @@ class HubEmulator:
         page = rows[offset : offset + limit]
         data = [self._out(kind, self._with(kind, s.record, include), fields) for s in page]
         return _json({"data": data, "meta": {"total": len(rows), "limit": limit, "offset": offset}})
+
+    def _rows(
+        self, kind: _Kind, filters: list[_Filter], order: tuple[tuple[str, bool], ...]
+    ) -> list[_Stored]:
+        """The records that pass ``filters``, in ``order`` (ties in insertion order); cached
+        until the next change, so the pages of one listing filter and sort only once."""
+        # repr, not the values: 1, 1.0 and True are equal keys but different filters
+        key = (kind.name, repr(filters), order)
+        rows = self._listings.get(key)
+        if rows is None:
+            rows = [
+                s for s in self._records[kind.name].values() if self._keep(kind, s.record, filters)
+            ]
+            rows.sort(key=lambda s: s.seq)
+            for field, descending in reversed(order):
+                rows.sort(key=functools.partial(_sort_key, self, kind, field), reverse=descending)
+            if len(self._listings) >= _LISTINGS_KEPT:
+                self._listings.clear()
+            self._listings[key] = rows
+        return rows
 
     def _filter(self, kind: _Kind, dotted: str, value: str) -> _Filter | None:
         path, _, key = dotted.rpartition(".")

@@ -110,6 +110,42 @@ async def test_every_filter_operator_selects_what_sqlite_would(
     assert await names("x", "external_name") == everyone
 
 
+async def test_lists_reflect_every_change_at_once_and_keep_like_filters_apart(
+    session: aiohttp.ClientSession, emulators: AsyncExitStack
+) -> None:
+    # the emulator caches a listing's filtered and sorted rows between changes: no change,
+    # through HTTP or add(), may leave a stale page behind, and values that Python holds
+    # equal (True, 1) must not share an entry
+    emulator, raw = await start(session, emulators)
+    realm = await raw.master_realm_id()
+    first, second = await _nodes(raw, ["node-b", "node-a"])
+    project = await raw.create("core", "projects", {"name": "project-one"})
+
+    async def names(resource: str, *params: tuple[str, str]) -> list[str]:
+        answer = await raw.call("GET", "core", resource, params=[*params, ("sort", "name")])
+        assert answer.status == 200, answer.body
+        return [item.get("name") or item["node_id"] for item in answer.json["data"]]
+
+    assert await names("nodes") == ["node-a", "node-b"]
+    await raw.call("POST", "core", f"nodes/{first['id']}", json={"name": "node-0"})
+    assert await names("nodes") == ["node-0", "node-a"]
+    await raw.call("DELETE", "core", f"nodes/{second['id']}")
+    assert await names("nodes") == ["node-0"]
+    emulator.add("nodes", name="true", realm_id=realm)
+    assert await names("nodes") == ["node-0", "true"]
+    assert await names("nodes", ("filter[name]", "true")) == ["true"]
+    assert await names("nodes", ("filter[name]", "1")) == []
+    # a filter on a relation follows a change of the related record
+    await raw.create("core", "project-nodes", {"project_id": project["id"], "node_id": first["id"]})
+    by_project = ("filter[project.name]", "project-one")
+    assert await names("project-nodes", by_project) == [first["id"]]
+    await raw.call("POST", "core", f"projects/{project['id']}", json={"name": "project-two"})
+    assert await names("project-nodes", by_project) == []
+    # a create's side effect on its parent (the project's node counter) shows at once
+    answer = await raw.call("GET", "core", "projects", params={"filter[id]": project["id"]})
+    assert answer.json["data"][0]["nodes"] == 1
+
+
 async def test_strict_filters_refuse_keys_outside_the_allow_list(
     session: aiohttp.ClientSession, emulators: AsyncExitStack
 ) -> None:
