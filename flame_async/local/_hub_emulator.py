@@ -133,18 +133,24 @@ Fault = Literal["503", "429", "500", "drop-before", "drop-after"]
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
+# memoized: a camelCase list page converts some 2,000 keys, all from a few dozen names
+@functools.lru_cache(maxsize=4096)
 def _to_camel(key: str) -> str:
     head, *rest = key.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+@functools.lru_cache(maxsize=4096)
 def _to_snake(key: str) -> str:
     return _CAMEL_BOUNDARY.sub(lambda m: "_" + m.group(1).lower(), key)
 
 
 def _keys(value: Any, convert: Callable[[str], str]) -> Any:
     if isinstance(value, dict):
-        return {convert(k): _keys(v, convert) for k, v in value.items()}
+        return {
+            convert(k): _keys(v, convert) if isinstance(v, dict | list) else v
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_keys(v, convert) for v in value]
     return value
