@@ -13,18 +13,26 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .._transport import Buffer, ConnectionDropped, Handler, Request, Response
-from ..errors import IncompleteResponse, RequestTimeout, SDKStateError, ServiceUnavailable
+from ..errors import (
+    IncompleteResponse,
+    RequestTimeout,
+    SDKStateError,
+    ServiceUnavailable,
+    TransportError,
+)
 
 if TYPE_CHECKING:
     from ._core import PlatformCore
 
 __all__ = ["MemoryTransport"]
+
+TransportErrorT = TypeVar("TransportErrorT", bound=TransportError)
 
 
 class _MemoryResponse(Response):
@@ -87,33 +95,33 @@ class _Exchange:
     async def __aenter__(self) -> Response:
         request = self._request
         gateway = self._core.gateways.get(self._node_id)
-        where = (request.service, request.method, f"memory://{self._node_id}{request.path}")
         if gateway is None or self._core.closed:
-            raise ServiceUnavailable(
-                f"cannot reach {request.service}: the local platform is not running",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            )
+            raise self._error(ServiceUnavailable, "the local platform is not running")
         try:
             async with asyncio.timeout(request.timeout):  # cheaper than a cancel scope
                 answer = await gateway(request)
         except ConnectionDropped as exc:
-            raise ServiceUnavailable(
-                f"cannot reach {request.service}: the connection was reset",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            ) from exc
+            raise self._error(ServiceUnavailable, "the connection was reset") from exc
         except TimeoutError as exc:
-            raise RequestTimeout(
-                f"{request.service} did not answer {request.method} {where[2]} in time",
-                service=request.service,
-                method=request.method,
-                url=where[2],
-            ) from exc
-        self._response = _MemoryResponse(answer, where)
+            raise self._error(RequestTimeout) from exc
+        self._response = _MemoryResponse(answer, self._where())
         return self._response
+
+    def _where(self) -> tuple[str, str, str]:
+        """Service, method and URL of the request (for error messages)."""
+        request = self._request
+        return request.service, request.method, f"memory://{self._node_id}{request.path}"
+
+    def _error(self, kind: type[TransportErrorT], reason: str = "") -> TransportErrorT:
+        """``kind`` for this request, worded as the HTTP transport words it: ``cannot reach
+        SERVICE at URL: REASON``, or for a timeout ``SERVICE did not answer METHOD URL in
+        time``."""
+        service, method, url = self._where()
+        if reason:
+            message = f"cannot reach {service} at {url}: {reason}"
+        else:
+            message = f"{service} did not answer {method} {url} in time"
+        return kind(message, service=service, method=method, url=url)
 
     async def __aexit__(
         self,
