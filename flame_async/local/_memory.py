@@ -10,7 +10,7 @@ and the pod orchestrator's calls reach it by a function call. Everything the ser
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -40,7 +40,7 @@ class _MemoryResponse(Response):
 
     __slots__ = ("_inner", "_where")
 
-    def __init__(self, inner: Response, where: tuple[str, str, str]) -> None:
+    def __init__(self, inner: Response, where: Callable[[], tuple[str, str, str]]) -> None:
         super().__init__(
             inner.status,
             headers=inner.headers,
@@ -71,7 +71,7 @@ class _MemoryResponse(Response):
             async for chunk in self._inner.iter_chunks():
                 yield chunk
         except (OSError, ConnectionError) as exc:
-            service, method, url = self._where
+            service, method, url = self._where()
             raise IncompleteResponse(
                 f"the answer of {service} to {method} {url} was cut off: {exc}",
                 service=service,
@@ -104,7 +104,7 @@ class _Exchange:
             raise self._error(ServiceUnavailable, "the connection was reset") from exc
         except TimeoutError as exc:
             raise self._error(RequestTimeout) from exc
-        self._response = _MemoryResponse(answer, self._where())
+        self._response = _MemoryResponse(answer, self._where)
         return self._response
 
     def _where(self) -> tuple[str, str, str]:
