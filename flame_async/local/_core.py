@@ -75,6 +75,79 @@ class _HttpAnswer(Response):
             raise NodeUnreachable(f"the answer was cut off: {exc}") from exc
 
 
+_CLOCK_RESOLUTION: Final = 0.05
+"""Seconds between two looks of the :class:`RequestClock` at the requests it bounds."""
+
+
+class _Bounded:
+    """One in-memory request the :class:`RequestClock` bounds in time."""
+
+    __slots__ = ("deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
+
+
+class RequestClock:
+    """Bounds in-memory requests in time with one coarse clock instead of a timer each.
+
+    A timer per request (``asyncio.timeout``) costs a heap push and a cancel in the event
+    loop's timer heap, which holds thousands of entries when thousands of simulated nodes
+    wait; almost every in-memory request is answered without waiting at all. The clock keeps
+    the requests under way in a set and looks at them every :data:`_CLOCK_RESOLUTION`
+    seconds while there are any, cancelling the task of each that is past its deadline (the
+    request then ends with :class:`~flame_async.errors.RequestTimeout`, up to one resolution
+    late).
+    """
+
+    def __init__(self, core: PlatformCore) -> None:
+        self._core = core
+        self._bounded: set[_Bounded] = set()
+        self._news = asyncio.Event()
+        self._running = False
+
+    def watch(self, task: asyncio.Task[Any], deadline: float) -> _Bounded:
+        """Bound ``task``'s request by ``deadline`` (``time.monotonic()``) until forgotten.
+
+        Raises:
+            RuntimeError: The platform is shutting down (its task group is closed).
+        """
+        bounded = _Bounded(task, deadline)
+        if not self._running:
+            self._core.spawn(self._run)
+            self._running = True
+        self._bounded.add(bounded)
+        self._news.set()
+        return bounded
+
+    def __len__(self) -> int:
+        """How many requests the clock bounds now."""
+        return len(self._bounded)
+
+    def forget(self, bounded: _Bounded) -> bool:
+        """Stop bounding a request; whether the clock had cancelled it (its deadline passed)."""
+        self._bounded.discard(bounded)
+        return bounded.expired
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._bounded:
+                    self._news.clear()
+                    await self._news.wait()
+                # at most one look per resolution, however many requests come and go meanwhile
+                await asyncio.sleep(_CLOCK_RESOLUTION)
+                now = time.monotonic()
+                for bounded in [b for b in self._bounded if b.deadline <= now]:
+                    self._bounded.discard(bounded)
+                    bounded.expired = True
+                    bounded.task.cancel()
+        finally:
+            self._running = False
+
+
 class PlatformCore:
     """Shared state of one running platform.
 
@@ -113,6 +186,8 @@ class PlatformCore:
         self.blocked: dict[str, BlockReport] = {}
         """The last blocked-loop report of each node (nodes in other processes send them)."""
         self.closed = False
+        self.request_clock = RequestClock(self)
+        """Bounds the in-memory transport's requests in time."""
         """Set when the platform exits: in-memory requests then fail like refused connections."""
         self.gateways: dict[str, Handler] = {}
         """Each node's gateway (filled by the platform once the services exist)."""

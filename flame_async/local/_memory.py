@@ -10,6 +10,7 @@ and the pod orchestrator's calls reach it by a function call. Everything the ser
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -98,14 +99,38 @@ class _Exchange:
         if gateway is None or self._core.closed:
             raise self._error(ServiceUnavailable, "the local platform is not running")
         try:
-            async with asyncio.timeout(request.timeout):  # cheaper than a cancel scope
-                answer = await gateway(request)
+            answer = await self._answer(gateway, request)
         except ConnectionDropped as exc:
             raise self._error(ServiceUnavailable, "the connection was reset") from exc
-        except TimeoutError as exc:
-            raise self._error(RequestTimeout) from exc
         self._response = _MemoryResponse(answer, self._where)
         return self._response
+
+    async def _answer(self, gateway: Handler, request: Request) -> Response:
+        """The gateway's answer, within ``request.timeout`` (kept by the platform's
+        :class:`RequestClock`: no timer per request; as ``asyncio.timeout`` does, a
+        cancellation from elsewhere wins over the deadline).
+
+        Raises:
+            RequestTimeout: No answer in time.
+        """
+        if request.timeout is None:
+            return await gateway(request)
+        task = asyncio.current_task()
+        assert task is not None  # a request is made by a task
+        cancelling = task.cancelling()
+        clock = self._core.request_clock
+        bounded = clock.watch(task, time.monotonic() + request.timeout)
+        expired = False
+        try:
+            try:
+                return await gateway(request)
+            finally:
+                # uncancel() undoes the clock's cancel; what remains is somebody else's
+                expired = clock.forget(bounded) and task.uncancel() <= cancelling
+        except asyncio.CancelledError as exc:
+            if expired:
+                raise self._error(RequestTimeout) from exc
+            raise
 
     def _where(self) -> tuple[str, str, str]:
         """Service, method and URL of the request (for error messages)."""
