@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 __all__ = ["format_wire_time", "parse_wire_time"]
 
+_SPAN = 60.0
+"""Seconds (of UTC, from a whole minute) for which one look-up of the local UTC offset is
+reused: offsets change only at whole minutes (daylight saving time), and every message is
+stamped."""
+
+_offset: tuple[float, float, timedelta] = (0.0, -1.0, timedelta(0))
+"""The local UTC offset, and the span of POSIX timestamps it was looked up for."""
+
+
+def _local_offset(moment: datetime) -> timedelta:
+    """The local UTC offset at ``moment`` (aware), looked up once per minute of UTC."""
+    global _offset  # noqa: PLW0603 - a one-entry cache
+    stamp = moment.timestamp()
+    start, end, offset = _offset
+    if not start <= stamp < end:
+        offset = moment.astimezone().utcoffset() or timedelta(0)
+        start = stamp - stamp % _SPAN
+        _offset = (start, start + _SPAN, offset)
+    return offset
+
 
 def format_wire_time(moment: datetime) -> str:
-    """Render a time the way flamesdk does (``str(datetime.now())``: local, naive)."""
-    return str(moment.astimezone().replace(tzinfo=None))
+    """Render an aware time the way flamesdk does (``str(datetime.now())``: local, naive)."""
+    return str((moment + _local_offset(moment)).replace(tzinfo=None))
 
 
 def parse_wire_time(text: str | None, default: datetime) -> datetime:
