@@ -108,6 +108,11 @@ class _NodeApi:
     path: str
     query_string: str
 
+    @property
+    def is_webhook(self) -> bool:
+        """Whether copies go to the node API's own ``/webhook`` route (no query)."""
+        return self.path == "/webhook" and not self.query_string
+
 
 @dataclass(frozen=True, slots=True)
 class _Subscription:
@@ -443,7 +448,7 @@ class BrokerService:
         batch: list[_Copy] = []  # copies to node APIs in this event loop: a task per batch
         for recipient, subscription, delay in deliveries:
             copy = _Copy(outgoing, recipient, subscription, pending)
-            if plan is None and self._in_loop(subscription.target):
+            if self.takes_at_once(copy):
                 batch.append(copy)
                 if len(batch) == _BATCH:
                     self._core.spawn(self._deliver_batch, batch)
@@ -464,8 +469,7 @@ class BrokerService:
         no waiting once the node runs)."""
         return (
             isinstance(target, _NodeApi)
-            and target.path == "/webhook"
-            and not target.query_string
+            and target.is_webhook
             and self._core.takes_webhooks(target.node_id)
         )
 
@@ -477,15 +481,7 @@ class BrokerService:
         pending = iter(copies)
         try:
             for copy in pending:
-                handed_off = False
-                try:
-                    if not await self._deliver(copy, give_back=True):
-                        self._core.spawn(self._deliver_held, copy)  # retries after a backoff
-                        handed_off = True
-                finally:
-                    copy.first_attempt_ended()
-                    if not handed_off:
-                        self._copy_done(copy)
+                await self._first_attempt(copy, resend_if_cancelled=False)
         finally:
             for copy in pending:  # only when cancelled
                 copy.first_attempt_ended()
@@ -530,13 +526,23 @@ class BrokerService:
         if copy is None:
             return
         pending.inline = None
+        await self._first_attempt(copy, resend_if_cancelled=True)
+
+    async def _first_attempt(self, copy: _Copy, *, resend_if_cancelled: bool) -> None:
+        """Make ``copy``'s first webhook attempt; a retry, if due, goes on in a task of its
+        own. The copy is released once delivered or dropped.
+
+        Cancellation: with ``resend_if_cancelled`` the copy is handed to a task that delivers
+        it from the start (the node may get it twice; receivers de-duplicate); without, it is
+        released (lost, as a cancelled delivery task's copy is).
+        """
         handed_off = False
         try:
             if not await self._deliver(copy, give_back=True):
                 self._core.spawn(self._deliver_held, copy)  # retries after a backoff
                 handed_off = True
         except BaseException:
-            if not handed_off:
+            if resend_if_cancelled and not handed_off:
                 copy.attempts = 0
                 self._core.spawn(self._deliver_held, copy)
                 handed_off = True
@@ -573,7 +579,7 @@ class BrokerService:
             TimeoutError: No answer in time.
         """
         if isinstance(target, _NodeApi):
-            if target.path == "/webhook" and not target.query_string:
+            if target.is_webhook:
                 status = await self._core.deliver_webhook(target.node_id, payload)
                 if status is not None:  # a node in this event loop: no request built
                     return status
