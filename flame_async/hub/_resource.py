@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 from uuid import UUID
@@ -309,13 +317,19 @@ class ReadResource(Generic[M]):
             limit=MAX_LIMIT,
             offset=0,
         )
-        first = await self._page(base)
         seen: set[Any] = set()
-        for item in first.items:
-            key = getattr(item, "id", None)
-            if key not in seen:
-                seen.add(key)
-                yield item
+
+        def fresh(items: Iterable[M]) -> Iterator[M]:
+            """The records not yielded before (paging while records change repeats some)."""
+            for item in items:
+                key = getattr(item, "id", None)
+                if key not in seen:
+                    seen.add(key)
+                    yield item
+
+        first = await self._page(base)
+        for item in fresh(first.items):
+            yield item
         offsets = list(range(MAX_LIMIT, first.total, MAX_LIMIT))
         for start in range(0, len(offsets), concurrency):
             batch = offsets[start : start + concurrency]
@@ -324,11 +338,8 @@ class ReadResource(Generic[M]):
                 for offset in batch
             ]
             for page in await _all_of(calls, concurrency):
-                for item in page.items:
-                    key = getattr(item, "id", None)
-                    if key not in seen:
-                        seen.add(key)
-                        yield item
+                for item in fresh(page.items):
+                    yield item
 
     async def find_all(
         self,
