@@ -13,7 +13,8 @@ import pytest
 
 from .conftest import RealHubSettings
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# marked for the session fixture, which prepares only the Hub instances selected tests need
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.real_hub("short")]
 
 
 async def test_requests_never_fail_across_token_lifetimes_and_idle_pauses(
