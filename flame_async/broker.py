@@ -232,7 +232,8 @@ class BrokerService:
         if settings.epoch is None:  # epochs order the node's process starts by the wall clock
             settings = dataclasses.replace(settings, epoch=new_epoch(time.time_ns()))
         self.protocol = NodeProtocol(self.node_id, self._participants, settings)
-        self._waits: dict[int, asyncio.Event] = {}
+        self._waits: dict[int, asyncio.Future[None]] = {}
+        """One future per sleeping wait (cheaper than an Event: nothing else waits on it)."""
         self._sends: dict[str, asyncio.Future[Settled]] = {}
         self._errors: dict[str, TransportError] = {}
         self._handlers: dict[str, Handler] = {}
@@ -330,8 +331,8 @@ class BrokerService:
 
     def _wake(self, action: Wake) -> None:
         for waiter_id in action.waiter_ids:
-            if (event := self._waits.get(waiter_id)) is not None:
-                event.set()
+            if (woken := self._waits.get(waiter_id)) is not None and not woken.done():
+                woken.set_result(None)
 
     def _settled(self, action: Settled) -> None:
         future = self._sends.pop(action.report.message_id, None)
@@ -761,9 +762,9 @@ class BrokerService:
         """Wait for news from ``senders`` (any if None); returns the senders with news (None:
         news about every sender)."""
         waiter_id = self.protocol.add_waiter(senders, category)
-        event = self._waits[waiter_id] = asyncio.Event()
+        woken = self._waits[waiter_id] = self._loop.create_future()
         try:
-            await event.wait()
+            await woken
         finally:
             self._waits.pop(waiter_id, None)
             news = self.protocol.remove_waiter(waiter_id)
