@@ -39,6 +39,7 @@ from flame_async.compat.flamesdk import FlameCoreSDK
 from flame_async.compat.flamesdk._core import use_host_portal
 from flame_async.config import FlameConfig, use_environ, use_transport
 from flame_async.local import LocalPlatform
+from flame_async.runner import tuned_collector
 
 sys.path.insert(0, str(Path(__file__).parent))
 from messaging import baseline  # the same baseline as the messaging benchmark
@@ -87,8 +88,10 @@ async def compat_sends(rounds: int, *, own_loops: bool = False) -> dict[str, flo
                     )
             sender = flames[0]
             send = partial(sender.send_message, ["node-2"], "bench", {"i": 1})
-            await anyio.to_thread.run_sync(timed_sends, send, 50)  # warm-up
-            samples = await anyio.to_thread.run_sync(timed_sends, send, rounds)
+            # as the runner's in-process mode does once the nodes are up (own loops: no runner)
+            with contextlib.nullcontext() if own_loops else tuned_collector():
+                await anyio.to_thread.run_sync(timed_sends, send, 50)  # warm-up
+                samples = await anyio.to_thread.run_sync(timed_sends, send, rounds)
         finally:
             for flame in flames:
                 await anyio.to_thread.run_sync(flame.close)
@@ -149,12 +152,13 @@ async def native_sends(rounds: int) -> dict[str, float]:
         ]
         a, b = nodes
         samples = []
-        for i in range(rounds + 50):
-            t0 = time.perf_counter()
-            report = await a.send_message(b.node_id, {"i": i}, category="bench")
-            if i >= 50:
-                samples.append(time.perf_counter() - t0)
-            assert report.ok
+        with tuned_collector():  # in one process, as the runner's in-process mode
+            for i in range(rounds + 50):
+                t0 = time.perf_counter()
+                report = await a.send_message(b.node_id, {"i": i}, category="bench")
+                if i >= 50:
+                    samples.append(time.perf_counter() - t0)
+                assert report.ok
     return {"native_acked_send_p50_us": p50_us(samples)}
 
 

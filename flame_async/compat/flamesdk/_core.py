@@ -191,6 +191,20 @@ def close_thread_instances(thread_id: int, exc: BaseException | None = None) -> 
         flame.close(exc)
 
 
+class _Reply:
+    """The outcome of one call, handed from the node's loop to the calling thread: the
+    thread blocks on ``done`` (acquired), the loop releases it once ``value`` or ``error`` is
+    set."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
 class _Cancelled:
     """What a portal call returns when the node ended while it waited."""
 
@@ -391,16 +405,22 @@ class FlameCoreSDK:
             self._in_call += 1
         pinned = self._colocation.enter()  # both threads on one CPU: cheap hand-offs
         try:
-            # straight onto the node's loop: half the cost of a portal call (which also
-            # builds a cancel scope and a task group per call); the loop is the portal's
+            # straight onto the node's loop: a fraction of the cost of a portal call (which
+            # also builds a cancel scope and a task group per call) or of a concurrent future
+            # (a condition and its lock per call); the loop is the portal's
+            reply = _Reply()
             try:
-                future = asyncio.run_coroutine_threadsafe(self._guarded(func, *args), self._loop)
+                self._loop.call_soon_threadsafe(
+                    self._loop.create_task, self._answer(reply, func, args)
+                )
             except RuntimeError:  # the loop is closed: the node is gone
                 raise AnalysisEnded() from None
-            try:
-                result = future.result()
-            except concurrent.futures.CancelledError:  # the node ended while the call waited
-                raise AnalysisEnded() from None
+            reply.done.acquire()
+            if (error := reply.error) is not None:
+                if isinstance(error, asyncio.CancelledError):  # the node ended meanwhile
+                    raise AnalysisEnded() from None
+                raise error
+            result: T | _Cancelled = reply.value
         finally:
             self._colocation.leave(pinned)
             with self._lock:
@@ -410,9 +430,22 @@ class FlameCoreSDK:
             raise AnalysisEnded()
         return result
 
+    async def _answer(
+        self, reply: _Reply, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        """Run one call on the node's loop and hand its outcome to the waiting thread."""
+        try:
+            reply.value = await self._guarded(func, *args)
+        except BaseException as exc:
+            reply.error = exc
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise  # KeyboardInterrupt, SystemExit: the loop's too
+        finally:
+            reply.done.release()
+
     async def _guarded(self, func: Callable[..., Awaitable[T]], *args: Any) -> T | _Cancelled:
         task = asyncio.current_task()
-        assert task is not None  # run_coroutine_threadsafe runs it as a task
+        assert task is not None  # _answer runs as a task of its own
         self._calls.add(task)
         try:
             return await func(*args)
