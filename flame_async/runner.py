@@ -1071,6 +1071,7 @@ async def _compat_thread(target: Callable[[], None], name: str) -> BaseException
         :class:`~flame_async.compat.flamesdk.AnalysisEnded` and its node leaves the analysis
         before this returns (the node's own shutdown steps bound the wait).
     """
+    from .compat.flamesdk._colocate import unpin_inherited
     from .compat.flamesdk._core import close_thread_instances
     from .compat.flamesdk._ending import AnalysisEnded, raise_in_thread
 
@@ -1081,6 +1082,7 @@ async def _compat_thread(target: Callable[[], None], name: str) -> BaseException
 
     def run() -> None:
         try:
+            unpin_inherited()  # started while another node's call had the loop on one CPU
             target()
         except BaseException as exc:  # noqa: BLE001 - the node's failure is its outcome
             state["error"] = exc

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from flame_async.compat.flamesdk import _colocate
-from flame_async.compat.flamesdk._colocate import COLOCATE_ENV, Colocation
+from flame_async.compat.flamesdk._colocate import COLOCATE_ENV, Colocation, unpin_inherited
 
 from .test_api import call, compat_nodes
 
@@ -173,3 +173,33 @@ async def test_a_compat_call_runs_its_loop_on_the_callers_cpu_only_while_it_runs
         assert os.sched_getaffinity(0) == loop_cpus_before == CPUS
         # an ordinary call still works with its threads pinned
         assert await call(flame.get_id) == "node-1"
+
+
+@needs_two_cpus
+def test_a_thread_started_during_a_call_gets_the_process_cpus_back(
+    loop_thread: LoopThread,
+) -> None:
+    colocation = Colocation(loop_thread.native_id)
+    mine = colocation.enter()
+    seen: list[set[int]] = []
+
+    def started_while_pinned() -> None:  # as if the loop's thread had started it
+        seen.append(os.sched_getaffinity(0))
+        unpin_inherited()
+        seen.append(os.sched_getaffinity(0))
+
+    thread = threading.Thread(target=started_while_pinned)  # inherits this pinned thread's
+    thread.start()
+    thread.join()
+    colocation.leave(mine)
+    assert len(seen[0]) == 1
+    assert seen[1] == CPUS
+
+
+@needs_two_cpus
+def test_a_thread_on_a_cpu_no_call_pinned_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_colocate, "_pinned_to", set())  # no call has pinned any CPU
+    chosen = {max(CPUS)}
+    os.sched_setaffinity(0, chosen)
+    unpin_inherited()
+    assert os.sched_getaffinity(0) == chosen

@@ -10,8 +10,9 @@ CPU that has just woken up, so an acknowledged send took 1.45 ms instead of 1.2 
 :class:`Colocation` pins both threads to the CPU the caller runs on for the duration of each
 call and gives both their own CPU sets back when the last call in flight returns. Between
 calls nothing is pinned: the analysis's own work (numpy, its thread pools) keeps every CPU.
-Threads the loop thread starts while a call runs inherit the one CPU (the loop starts few:
-DNS look-ups, ``anyio.to_thread`` workers).
+Threads the loop thread starts while a call runs inherit the one CPU: the runner gives each
+analysis thread it starts the process's CPUs back first (:func:`unpin_inherited`); the others
+are few and light (DNS look-ups, ``anyio.to_thread`` workers).
 
 Linux only (``os.sched_setaffinity``); elsewhere, with one CPU, or with
 ``FLAME_ASYNC_COMPAT_COLOCATE=0`` it does nothing. An affinity call the system refuses turns it
@@ -29,7 +30,7 @@ from asyncio import AbstractEventLoop
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["COLOCATE_ENV", "Colocation", "colocation_for"]
+__all__ = ["COLOCATE_ENV", "Colocation", "colocation_for", "unpin_inherited"]
 
 log = logging.getLogger("flame_async.compat.flamesdk")
 
@@ -50,6 +51,12 @@ def _cpu_reader() -> Callable[[], int] | None:
 
 
 _current_cpu: Final = _cpu_reader()
+
+_PROCESS_CPUS: Final = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+"""The CPUs of the thread that imported this module: before any call could pin one."""
+
+_pinned_to: set[int] = set()
+"""Every CPU a call pinned a loop to (a thread pinned to one of them may have inherited it)."""
 
 
 def _wanted() -> bool:
@@ -95,6 +102,7 @@ class Colocation:
                     self._loop_cpus = os.sched_getaffinity(self._loop_thread)
                     os.sched_setaffinity(self._loop_thread, {cpu})
                     self._cpu = cpu
+                    _pinned_to.add(cpu)
                 self._calls += 1
                 cpu = self._cpu
         except OSError as exc:
@@ -141,3 +149,20 @@ def colocation_for(loop: AbstractEventLoop, loop_thread: int) -> Colocation:
         if found is None:
             found = _by_loop[loop] = Colocation(loop_thread)
         return found
+
+
+def unpin_inherited() -> None:
+    """Give the calling thread the process's CPUs if it runs on one CPU a call pinned.
+
+    A thread that the loop's thread starts while a call has it pinned inherits that one CPU
+    for good. A thread that has not run its own code yet cannot have chosen it: call this
+    first thing in such a thread (the runner does, in each analysis thread it starts).
+    """
+    if len(_PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        mine = os.sched_getaffinity(0)
+        if len(mine) == 1 and mine <= _pinned_to:
+            os.sched_setaffinity(0, _PROCESS_CPUS)
+    except OSError as exc:
+        log.debug("could not give a new thread the process's CPUs back: %s", exc)
