@@ -28,6 +28,7 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
+from . import _timeouts as timeouts
 from ._objects import download_object, result_id_of, upload_object
 from ._protocol import (
     AcksPending,
@@ -806,7 +807,7 @@ class BrokerService:
         senders = self._senders(sender)
         match = self._matcher(category, predicate)
         try:
-            async with asyncio.timeout(timeout) as scope:
+            async with timeouts.timeout(self._loop, timeout) as scope:
                 return await self._wait_one(senders, match, category)
         except TimeoutError:
             if not scope.expired():
@@ -857,7 +858,7 @@ class BrokerService:
         handed_over = False
         try:
             try:
-                async with asyncio.timeout(timeout):
+                async with timeouts.timeout(self._loop, timeout):
                     news: Iterable[str] | None = None  # first look at every sender, then
                     while True:  # only at those with news: a round stays O(senders)
                         look = list(remaining) if news is None else news
