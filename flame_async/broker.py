@@ -28,7 +28,6 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
-from . import _timeouts as timeouts
 from ._objects import download_object, result_id_of, upload_object
 from ._protocol import (
     AcksPending,
@@ -807,7 +806,7 @@ class BrokerService:
         senders = self._senders(sender)
         match = self._matcher(category, predicate)
         try:
-            async with timeouts.timeout(self._loop, timeout) as scope:
+            async with asyncio.timeout(timeout) as scope:
                 return await self._wait_one(senders, match, category)
         except TimeoutError:
             if not scope.expired():
@@ -858,7 +857,7 @@ class BrokerService:
         handed_over = False
         try:
             try:
-                async with timeouts.timeout(self._loop, timeout):
+                async with asyncio.timeout(timeout):
                     news: Iterable[str] | None = None  # first look at every sender, then
                     while True:  # only at those with news: a round stays O(senders)
                         look = list(remaining) if news is None else news

@@ -618,9 +618,6 @@ class FlameSDK:
     ) -> Message:
         """Wait for the next message from ``sender`` (any peer if None).
 
-        A ``timeout`` of a second or more may end up to 50 ms late: such waits share one
-        event-loop timer per 50 ms, which keeps thousands of simulated nodes cheap.
-
         Raises:
             MessageTimeout: Nothing arrived within ``timeout``.
             PeerFailed: The sender ended without sending more.
@@ -637,9 +634,7 @@ class FlameSDK:
         category: str | None = None,
         timeout: float = 60.0,
     ) -> dict[str, Message | None]:
-        """One message from each of ``senders`` (all peers if None); None where none came
-        within ``timeout`` (a second or more may end up to 50 ms late, as in
-        :meth:`await_message`).
+        """One message from each of ``senders`` (all peers if None); None where none came.
 
         Raises:
             PeerFailed: A sender failed or stopped before answering.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import pytest
 
@@ -17,7 +15,6 @@ from flame_async import (
     PeerFailed,
     RemoteError,
     UnknownNodeError,
-    _timeouts,
 )
 
 from .conftest import running
@@ -81,24 +78,6 @@ async def test_timed_out_wait_loses_nothing(transport: str) -> None:
         with pytest.raises(MessageTimeout) as info:
             await b.await_message(a.node_id, category="late", timeout=0.05)
         assert info.value.waiting_for == (a.node_id,)
-        await a.send_message(b.node_id, {"v": 1}, category="late")
-        message = await b.await_message(a.node_id, category="late", timeout=5)
-        assert message.data == {"v": 1}
-
-
-async def test_a_long_wait_times_out_on_the_shared_grid_and_loses_nothing(
-    transport: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_timeouts, "COARSE_FROM", 0.05)  # this wait counts as a long one
-    async with running(2, transport=transport) as (_, (a, b)):
-        began = time.monotonic()
-        with pytest.raises(MessageTimeout) as info:
-            await b.await_message(a.node_id, category="late", timeout=0.1)
-        assert time.monotonic() - began >= 0.1  # never before its timeout
-        assert info.value.waiting_for == (a.node_id,)
-        assert await b.await_messages([a.node_id], category="late", timeout=0.1) == {
-            a.node_id: None
-        }
         await a.send_message(b.node_id, {"v": 1}, category="late")
         message = await b.await_message(a.node_id, category="late", timeout=5)
         assert message.data == {"v": 1}
