@@ -6,6 +6,7 @@ its node's environment and transport, against a local platform in the test's eve
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
 import sys
@@ -292,3 +293,20 @@ async def test_fhir_to_csv_pivots_as_flamesdk() -> None:
         assert only_p2 == {"height": {"Patient/p2": 165}, "weight": {"Patient/p2": 61}}
         with pytest.raises(FlameCoreSDKError):
             await call(node.fhir_to_csv, OBSERVATIONS, "a", "b", "Patient")
+
+
+async def test_a_call_whose_task_is_cancelled_before_it_runs_still_wakes_its_caller() -> None:
+    from flame_async.compat.flamesdk._core import _Reply
+
+    reply = _Reply()
+
+    async def never_started() -> None:
+        raise AssertionError("cancelled before its first step")
+
+    task = asyncio.get_running_loop().create_task(never_started())
+    task.add_done_callback(reply.ended)  # as FlameCoreSDK._start does
+    task.cancel()  # e.g. the loop shutting down with the call still queued
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reply.done.acquire(blocking=False)  # the caller would not block for ever
+    assert isinstance(reply.error, asyncio.CancelledError)  # _call: AnalysisEnded

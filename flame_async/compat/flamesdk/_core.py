@@ -194,15 +194,28 @@ def close_thread_instances(thread_id: int, exc: BaseException | None = None) -> 
 class _Reply:
     """The outcome of one call, handed from the node's loop to the calling thread: the
     thread blocks on ``done`` (acquired), the loop releases it once ``value`` or ``error`` is
-    set."""
+    set (only ever on the loop's thread, once)."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "given", "value")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
+        self.given = False
         self.value: Any = None
         self.error: BaseException | None = None
+
+    def give(self) -> None:
+        """Wake the calling thread (the first time only)."""
+        if not self.given:
+            self.given = True
+            self.done.release()
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        """The call's task is done: a task cancelled before it ran never gave an outcome."""
+        if not self.given:
+            self.error = asyncio.CancelledError()
+            self.give()
 
 
 class _Cancelled:
@@ -410,9 +423,7 @@ class FlameCoreSDK:
             # (a condition and its lock per call); the loop is the portal's
             reply = _Reply()
             try:
-                self._loop.call_soon_threadsafe(
-                    self._loop.create_task, self._answer(reply, func, args)
-                )
+                self._loop.call_soon_threadsafe(self._start, reply, func, args)
             except RuntimeError:  # the loop is closed: the node is gone
                 raise AnalysisEnded() from None
             reply.done.acquire()
@@ -430,6 +441,13 @@ class FlameCoreSDK:
             raise AnalysisEnded()
         return result
 
+    def _start(
+        self, reply: _Reply, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        """Start one call as a task of the node's loop (on the loop's thread)."""
+        task = self._loop.create_task(self._answer(reply, func, args))
+        task.add_done_callback(reply.ended)  # also wakes the caller if it never ran
+
     async def _answer(
         self, reply: _Reply, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
     ) -> None:
@@ -441,7 +459,7 @@ class FlameCoreSDK:
             if not isinstance(exc, Exception | asyncio.CancelledError):
                 raise  # KeyboardInterrupt, SystemExit: the loop's too
         finally:
-            reply.done.release()
+            reply.give()  # now, not a loop iteration later from the done callback
 
     async def _guarded(self, func: Callable[..., Awaitable[T]], *args: Any) -> T | _Cancelled:
         task = asyncio.current_task()
