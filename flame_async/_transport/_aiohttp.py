@@ -9,6 +9,7 @@ the transport ever sees one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -102,6 +103,11 @@ def _encode_form(form: Multipart) -> aiohttp.MultipartWriter:
     return writer
 
 
+async def _release(raw: aiohttp.ClientResponse) -> None:
+    """``aclose()`` of an :class:`_AiohttpResponse`: give the connection back to the pool."""
+    raw.release()
+
+
 class _AiohttpResponse(Response):
     """A client response whose body is read from aiohttp, failures mapped to FlameErrors."""
 
@@ -112,16 +118,14 @@ class _AiohttpResponse(Response):
             raw.status,
             headers=raw.headers,  # case-insensitive already: no copy
             content_length=raw.content_length,
-            on_close=self._release,
+            # not a method of self: a cycle would keep the response until the next collection
+            on_close=functools.partial(_release, raw),
         )
         self._raw = raw
         self._where = where  # service, method, url
 
     def release(self) -> None:
         """Give the connection back to the pool."""
-        self._raw.release()
-
-    async def _release(self) -> None:  # aclose(): the same, for users of the Response type
         self._raw.release()
 
     def _failed(self, exc: BaseException) -> TransportError:

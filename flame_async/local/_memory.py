@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -36,12 +36,17 @@ __all__ = ["MemoryTransport"]
 TransportErrorT = TypeVar("TransportErrorT", bound=TransportError)
 
 
+def _where(node_id: str, request: Request) -> tuple[str, str, str]:
+    """Service, method and URL of ``request`` to ``node_id``'s gateway (for error messages)."""
+    return request.service, request.method, f"memory://{node_id}{request.path}"
+
+
 class _MemoryResponse(Response):
     """A gateway's answer whose body errors are mapped like a transport's."""
 
-    __slots__ = ("_inner", "_where")
+    __slots__ = ("_inner", "_node_id", "_request")
 
-    def __init__(self, inner: Response, where: Callable[[], tuple[str, str, str]]) -> None:
+    def __init__(self, inner: Response, node_id: str, request: Request) -> None:
         super().__init__(
             inner.status,
             headers=inner.headers,
@@ -49,7 +54,8 @@ class _MemoryResponse(Response):
             on_close=inner.aclose,
         )
         self._inner = inner
-        self._where = where
+        self._node_id = node_id
+        self._request = request
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body (a body the service built in memory is handed over as it is).
@@ -72,7 +78,7 @@ class _MemoryResponse(Response):
             async for chunk in self._inner.iter_chunks():
                 yield chunk
         except (OSError, ConnectionError) as exc:
-            service, method, url = self._where()
+            service, method, url = _where(self._node_id, self._request)
             raise IncompleteResponse(
                 f"the answer of {service} to {method} {url} was cut off: {exc}",
                 service=service,
@@ -102,7 +108,9 @@ class _Exchange:
             answer = await self._answer(gateway, request)
         except ConnectionDropped as exc:
             raise self._error(ServiceUnavailable, "the connection was reset") from exc
-        self._response = _MemoryResponse(answer, self._where)
+        # no reference back to the exchange: a cycle would keep every body of a simulation
+        # alive until the collector's next pass
+        self._response = _MemoryResponse(answer, self._node_id, request)
         return self._response
 
     async def _answer(self, gateway: Handler, request: Request) -> Response:
@@ -132,16 +140,11 @@ class _Exchange:
                 raise self._error(RequestTimeout) from exc
             raise
 
-    def _where(self) -> tuple[str, str, str]:
-        """Service, method and URL of the request (for error messages)."""
-        request = self._request
-        return request.service, request.method, f"memory://{self._node_id}{request.path}"
-
     def _error(self, kind: type[TransportErrorT], reason: str = "") -> TransportErrorT:
         """``kind`` for this request, worded as the HTTP transport words it: ``cannot reach
         SERVICE at URL: REASON``, or for a timeout ``SERVICE did not answer METHOD URL in
         time``."""
-        service, method, url = self._where()
+        service, method, url = _where(self._node_id, self._request)
         if reason:
             message = f"cannot reach {service} at {url}: {reason}"
         else:
