@@ -33,6 +33,7 @@ __all__ = ["MAX_TOKEN_LENGTH", "InvalidToken", "TokenIssuer"]
 
 _HEADER = base64.urlsafe_b64encode(orjson.dumps({"alg": "HS256", "typ": "JWT"})).rstrip(b"=")
 _CACHE_SIZE = 1024
+"""Verified tokens cached at least; more when more subjects (nodes) got tokens."""
 MAX_TOKEN_LENGTH = 4096
 """Longest bearer token verified (the platform's own are about 250 characters)."""
 
@@ -58,15 +59,19 @@ class TokenIssuer:
         secret: The HMAC key; a random 32-byte key when omitted.
     """
 
-    __slots__ = ("_analysis_id", "_cache", "_lifetime", "_secret")
+    __slots__ = ("_analysis_id", "_cache", "_cache_limit", "_lifetime", "_secret", "_subjects")
 
     def __init__(self, analysis_id: str, *, lifetime: float, secret: bytes | None = None) -> None:
         self._analysis_id = analysis_id
         self._lifetime = lifetime
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         # token -> claims of tokens whose signature already checked out; expiry is still
-        # checked on every use. Keeps HMAC + JSON decoding off the per-request path.
+        # checked on every use. Keeps HMAC + JSON decoding off the per-request path. It holds
+        # two tokens per subject (a node's token and the one refreshing it): with thousands
+        # of nodes, a smaller cache would be cleared every round and check every token again.
         self._cache: dict[str, dict[str, Any]] = {}
+        self._cache_limit = _CACHE_SIZE
+        self._subjects: set[str] = set()
 
     @property
     def lifetime(self) -> float:
@@ -92,6 +97,9 @@ class TokenIssuer:
         }
         signing_input = _HEADER + b"." + _b64encode(orjson.dumps(claims))
         signature = hmac.new(self._secret, signing_input, hashlib.sha256).digest()
+        if node_id not in self._subjects:
+            self._subjects.add(node_id)
+            self._cache_limit = max(_CACHE_SIZE, 2 * len(self._subjects))
         return (signing_input + b"." + _b64encode(signature)).decode("ascii")
 
     def verify(self, token: str, *, now: float | None = None) -> dict[str, Any]:
@@ -108,16 +116,25 @@ class TokenIssuer:
         """
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
+        current = time.time() if now is None else now
         claims = self._cache.get(token)
         if claims is None:
             claims = self._check_signature(token)
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
+            if len(self._cache) >= self._cache_limit:
+                self._prune(current)
             self._cache[token] = claims
-        current = time.time() if now is None else now
         if claims["exp"] <= current:
             raise InvalidToken("the token has expired")
         return claims
+
+    def _prune(self, now: float) -> None:
+        """Make room in the cache: drop expired tokens, or every token if none expired."""
+        cache = self._cache
+        expired = [token for token, claims in cache.items() if claims["exp"] <= now]
+        for token in expired:
+            del cache[token]
+        if len(cache) >= self._cache_limit:
+            cache.clear()
 
     def _check_signature(self, token: str) -> dict[str, Any]:
         parts = token.split(".")

@@ -41,6 +41,41 @@ def test_expired_token_is_rejected() -> None:
         issuer.verify(issuer.mint("n", lifetime=-1))
 
 
+def test_every_node_token_of_a_large_platform_stays_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With 3,000 nodes each using its token in turn, each signature is checked once: a
+    cache smaller than the platform would be cleared every round and check them all again."""
+    issuer = TokenIssuer("a", lifetime=600)
+    tokens = [issuer.mint(f"node-{i}", now=1000) for i in range(3000)]
+    checked: list[str] = []
+    check = TokenIssuer._check_signature
+
+    def counting(self: TokenIssuer, token: str) -> dict[str, object]:
+        checked.append(token)
+        return check(self, token)
+
+    monkeypatch.setattr(TokenIssuer, "_check_signature", counting)
+    for _ in range(3):
+        for token in tokens:
+            issuer.verify(token, now=1001)
+    assert len(checked) == len(tokens)
+
+
+def test_the_token_cache_stays_bounded_and_drops_expired_tokens_first() -> None:
+    issuer = TokenIssuer("a", lifetime=60)
+    old = [issuer.mint("n", now=1000, lifetime=10) for _ in range(1024)]
+    for token in old:
+        issuer.verify(token, now=1001)
+    fresh = issuer.mint("n", now=1020)
+    issuer.verify(fresh, now=1020)  # the cache is full: the expired ones go, not this one
+    assert list(issuer._cache) == [fresh]
+    live = [issuer.mint("n", now=1020) for _ in range(3000)]  # one subject: 1,024 at most
+    for token in live:
+        issuer.verify(token, now=1021)
+    assert len(issuer._cache) <= 1024
+
+
 def test_token_of_another_issuer_is_rejected() -> None:
     token = TokenIssuer("a", lifetime=60).mint("n")
     with pytest.raises(InvalidToken, match="signature"):
