@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from .._wire import StreamInfo, WireMeta
 from ..errors import InvalidArgument, ServiceUnavailable, UnknownNodeError
-from ..models import Category, Message, SendReport
+from ..models import Category, Message, SendReport, _received_message
 from ._actions import (
     AcksPending,
     Action,
@@ -567,7 +567,7 @@ class NodeProtocol:
         return parsed, value
 
     def _message(self, meta: WireMeta, data: dict[str, Any], now: Instant) -> Message:
-        return Message.model_construct(  # every field is already validated (WireMeta)
+        return _received_message(  # every field is already validated (WireMeta)
             id=meta.id,
             sender=meta.sender,
             category=meta.category,

@@ -97,7 +97,7 @@ class _Exchange:
         self._core = core
         self._node_id = node_id
         self._request = request
-        self._response: _MemoryResponse | None = None
+        self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
         request = self._request
@@ -108,9 +108,12 @@ class _Exchange:
             answer = await self._answer(gateway, request)
         except ConnectionDropped as exc:
             raise self._error(ServiceUnavailable, "the connection was reset") from exc
-        # no reference back to the exchange: a cycle would keep every body of a simulation
-        # alive until the collector's next pass
-        self._response = _MemoryResponse(answer, self._node_id, request)
+        if type(answer) is Response and isinstance(answer.body, bytes):
+            self._response = answer  # in memory already: reading it cannot fail
+        else:
+            # no reference back to the exchange: a cycle would keep every body of a
+            # simulation alive until the collector's next pass
+            self._response = _MemoryResponse(answer, self._node_id, request)
         return self._response
 
     async def _answer(self, gateway: Handler, request: Request) -> Response:

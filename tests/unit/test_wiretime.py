@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
 
 from flame_async._protocol import format_wire_time
 
@@ -29,8 +31,15 @@ _CHECK = textwrap.dedent(
 )
 
 
-def test_wire_times_are_local_naive_like_flamesdk_writes_them() -> None:
-    moment = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC),  # str() leaves out zero microseconds
+        datetime(2026, 6, 1, 17, 30, 0, 5, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    ],
+)
+def test_wire_times_are_local_naive_like_flamesdk_writes_them(moment: datetime) -> None:
     assert format_wire_time(moment) == str(moment.astimezone().replace(tzinfo=None))
 
 
