@@ -11,6 +11,7 @@ wait for it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -20,6 +21,13 @@ from ._actions import Instant
 from ._wiretime import format_wire_time
 
 __all__ = ["Outbox", "Outgoing"]
+
+# Message ids need to be unique, not secret: one generator seeded from os.urandom serves every
+# node of the process (its 2.5 KB state is not worth a copy per simulated node), with no
+# system call per message. It is the SDK's own, so an analysis that seeds ``random`` cannot
+# make a restarted node repeat its ids, and a forked node reseeds it.
+_IDS: Final = random.Random()  # noqa: S311
+os.register_at_fork(after_in_child=_IDS.seed)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -138,8 +146,6 @@ class Outbox:
         )
         self.retry_initial = retry_initial
         self.counter = 0
-        # ids need to be unique, not secret: one seeded generator, no system call per message
-        self._random = random.Random()  # noqa: S311 - seeded from os.urandom by the runtime
         self.next_seq: dict[str, int] = {}
         self.open_seq: dict[str, set[int]] = {}
         self.sending: dict[str, Outgoing] = {}
@@ -152,7 +158,7 @@ class Outbox:
         """A fresh message id and its number (flamesdk's ``{node[:4]}-{n}-{random}`` shape)."""
         number = self.counter
         self.counter += 1
-        return f"{self.node_id[:4]}-{tag}{number}-{self._random.getrandbits(48):012x}", number
+        return f"{self.node_id[:4]}-{tag}{number}-{_IDS.getrandbits(48):012x}", number
 
     def _original_meta(
         self, message_id: str, number: int, category: str, now: Instant

@@ -6,6 +6,9 @@ Nodes ``a``, ``b`` and ``c`` of one analysis exchange bodies the way the broker 
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -964,3 +967,38 @@ def test_a_reference_from_a_flamesdk_sender_is_plain_data() -> None:
     assert [type(x).__name__ for x in b.take_actions()] == ["AcksPending"]
     [message] = take_all(b)
     assert "_flame_async_stored" in message.data
+
+
+_FORKED_IDS = """
+import os
+from flame_async._protocol import NodeProtocol, ProtocolSettings
+
+def new_id():
+    return NodeProtocol("a", frozenset("ab"), ProtocolSettings(epoch="e")).outbox.new_id()[0]
+
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(write, new_id().encode())
+    os._exit(0)
+os.close(write)
+os.waitpid(child, 0)
+print(os.read(read, 100).decode(), new_id())
+"""
+
+
+def test_message_ids_ignore_a_seeded_random_and_differ_after_a_fork() -> None:
+    """Ids come from the SDK's own generator: an analysis that seeds ``random`` for its own
+    reproducibility cannot make a restarted node repeat its ids, and a node forked from a
+    parent (the fork server) draws other ids than the parent does (in a fresh interpreter:
+    forking this test process, threads and all, could hang the child)."""
+    random.seed(0)
+    first = node("a").outbox.new_id()[0]
+    random.seed(0)
+    assert node("a").outbox.new_id()[0] != first
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_IDS], capture_output=True, text=True, check=True
+    )
+    in_child, in_parent = done.stdout.split()
+    assert in_child.rsplit("-", 1)[1] != in_parent.rsplit("-", 1)[1]
