@@ -128,7 +128,8 @@ class TokenIssuer:
         return claims
 
     def _prune(self, now: float) -> None:
-        """Make room in the cache: drop expired tokens, or every token if none expired."""
+        """Make room in the cache: drop the expired tokens, and every token if that is not
+        enough."""
         cache = self._cache
         expired = [token for token, claims in cache.items() if claims["exp"] <= now]
         for token in expired:
