@@ -186,9 +186,9 @@ class PlatformCore:
         self.blocked: dict[str, BlockReport] = {}
         """The last blocked-loop report of each node (nodes in other processes send them)."""
         self.closed = False
+        """Set when the platform exits: in-memory requests then fail like refused connections."""
         self.request_clock = RequestClock(self)
         """Bounds the in-memory transport's requests in time."""
-        """Set when the platform exits: in-memory requests then fail like refused connections."""
         self.gateways: dict[str, Handler] = {}
         """Each node's gateway (filled by the platform once the services exist)."""
         self._api_ports: dict[str, int] = {}

@@ -59,7 +59,7 @@ class TokenIssuer:
         secret: The HMAC key; a random 32-byte key when omitted.
     """
 
-    __slots__ = ("_analysis_id", "_cache", "_cache_limit", "_lifetime", "_secret", "_subjects")
+    __slots__ = ("_analysis_id", "_cache", "_lifetime", "_secret", "_subjects")
 
     def __init__(self, analysis_id: str, *, lifetime: float, secret: bytes | None = None) -> None:
         self._analysis_id = analysis_id
@@ -70,8 +70,8 @@ class TokenIssuer:
         # two tokens per subject (a node's token and the one refreshing it): with thousands
         # of nodes, a smaller cache would be cleared every round and check every token again.
         self._cache: dict[str, dict[str, Any]] = {}
-        self._cache_limit = _CACHE_SIZE
         self._subjects: set[str] = set()
+        """Every ``sub`` a token was minted for: the cache holds two tokens for each."""
 
     @property
     def lifetime(self) -> float:
@@ -97,9 +97,7 @@ class TokenIssuer:
         }
         signing_input = _HEADER + b"." + _b64encode(orjson.dumps(claims))
         signature = hmac.new(self._secret, signing_input, hashlib.sha256).digest()
-        if node_id not in self._subjects:
-            self._subjects.add(node_id)
-            self._cache_limit = max(_CACHE_SIZE, 2 * len(self._subjects))
+        self._subjects.add(node_id)
         return (signing_input + b"." + _b64encode(signature)).decode("ascii")
 
     def verify(self, token: str, *, now: float | None = None) -> dict[str, Any]:
@@ -120,12 +118,15 @@ class TokenIssuer:
         claims = self._cache.get(token)
         if claims is None:
             claims = self._check_signature(token)
-            if len(self._cache) >= self._cache_limit:
+            if len(self._cache) >= self._cache_limit():
                 self._prune(current)
             self._cache[token] = claims
         if claims["exp"] <= current:
             raise InvalidToken("the token has expired")
         return claims
+
+    def _cache_limit(self) -> int:
+        return max(_CACHE_SIZE, 2 * len(self._subjects))
 
     def _prune(self, now: float) -> None:
         """Make room in the cache: drop the expired tokens, and every token if that is not
@@ -134,7 +135,7 @@ class TokenIssuer:
         expired = [token for token, claims in cache.items() if claims["exp"] <= now]
         for token in expired:
             del cache[token]
-        if len(cache) >= self._cache_limit:
+        if len(cache) >= self._cache_limit():
             cache.clear()
 
     def _check_signature(self, token: str) -> dict[str, Any]:
